@@ -1,0 +1,108 @@
+"""Tuning knobs of one Raft group (NuRaft's ``raft_params``), validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RaftParams"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftParams:
+    """Per-group-type parameters.
+
+    Times are in milliseconds of the runtime's clock; the core itself never reads a clock, it
+    only receives timer expiries and tells the runtime how long to arm each timer for.
+    """
+
+    heartbeat_interval_ms: int = 100
+    """How often a leader sends heartbeats (NuRaft default 125)."""
+
+    election_timeout_ms: tuple[int, int] = (200, 400)
+    """Bounds of the randomized election timeout.  The upper bound should be at least twice
+    the lower (HomeStore #351) so that split votes resolve quickly, and the lower bound must
+    exceed the heartbeat interval, else followers campaign against a live leader."""
+
+    leadership_expiry_ms: int = 0
+    """A leader that hears from no quorum for this long steps down (check-quorum).  0 means
+    20 x heartbeat (NuRaft's default); a negative value disables the check."""
+
+    pre_vote: bool = True
+    """Run a pre-vote round before bumping the term, so a partitioned node rejoining does not
+    depose a healthy leader."""
+
+    max_append_entries: int = 100
+    """Most entries in one append_entries request."""
+
+    max_append_bytes: int = 1 << 20
+    """Most payload bytes in one append_entries request (at least one entry is always sent)."""
+
+    max_inflight_appends: int = 4
+    """Append requests in flight to one follower once it is known to be in sync (pipelining).
+    1 gives NuRaft's default one-at-a-time behaviour."""
+
+    auto_forwarding: bool = False
+    """On a follower, forward client requests to the leader instead of refusing NOT_LEADER."""
+
+    leadership_transfer_timeout_ms: int = 0
+    """How long a yield_leadership may take before the leader resumes; 0 means the upper
+    election timeout."""
+
+    join_timeout_ms: int = 0
+    """How long a new server may take to answer a join before add_server gives up; 0 means
+    10 x the upper election timeout."""
+
+    priority_decay_percent: int = 20
+    """Each election timeout that passes without a leader lowers the target priority by this
+    share, so that lower-priority members eventually campaign (NuRaft's decay)."""
+
+    snapshot_distance: int = 0
+    """Take a snapshot every this many applied entries (0 disables; used by storage)."""
+
+    reserved_log_items: int = 100_000
+    """Entries kept in the log behind a snapshot, so slow followers can catch up from it."""
+
+    def __post_init__(self) -> None:
+        low, high = self.election_timeout_ms
+        if self.heartbeat_interval_ms <= 0:
+            raise ValueError("heartbeat_interval_ms must be > 0")
+        if not 0 < low <= high:
+            raise ValueError("election_timeout_ms must be (low, high) with 0 < low <= high")
+        if low <= self.heartbeat_interval_ms:
+            raise ValueError(
+                "election_timeout_ms lower bound must exceed heartbeat_interval_ms, "
+                "or followers campaign against a live leader"
+            )
+        if self.max_append_entries < 1:
+            raise ValueError("max_append_entries must be >= 1")
+        if self.max_append_bytes < 1:
+            raise ValueError("max_append_bytes must be >= 1")
+        if self.max_inflight_appends < 1:
+            raise ValueError("max_inflight_appends must be >= 1")
+        if not 0 <= self.priority_decay_percent < 100:
+            raise ValueError("priority_decay_percent must be in [0, 100)")
+        if self.snapshot_distance < 0 or self.reserved_log_items < 0:
+            raise ValueError("snapshot_distance and reserved_log_items must be >= 0")
+
+    # -- derived values, in heartbeat ticks (the core counts heartbeat-timer expiries) ------
+    def _ticks(self, ms: int) -> int:
+        return max(1, -(-ms // self.heartbeat_interval_ms))
+
+    @property
+    def leadership_expiry_ticks(self) -> int:
+        """Heartbeat ticks after which a leader without a quorum steps down; 0 = never."""
+        if self.leadership_expiry_ms < 0:
+            return 0
+        if self.leadership_expiry_ms == 0:
+            return 20
+        return self._ticks(self.leadership_expiry_ms)
+
+    @property
+    def transfer_timeout_ticks(self) -> int:
+        ms = self.leadership_transfer_timeout_ms or self.election_timeout_ms[1]
+        return self._ticks(ms)
+
+    @property
+    def join_timeout_ticks(self) -> int:
+        ms = self.join_timeout_ms or 10 * self.election_timeout_ms[1]
+        return self._ticks(ms)
