@@ -1,0 +1,259 @@
+"""In-memory implementations of the storage interfaces.
+
+Nothing here touches a disk, but the objects outlive the node that uses them: a test "crashes"
+a node by dropping its runtime and restarts it with the same :class:`MemoryStateManager`, which
+then hands back the same log, hard state and configuration -- exactly what a durable store
+would.  They also check their arguments more strictly than the contract requires, so that a
+core bug shows up as an exception in tests instead of a silently corrupt log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from nuraft_mesg.raft.ready import Event
+from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, ServerConfig
+from nuraft_mesg.storage.interfaces import LogStore, StateMachine, StateManager
+
+__all__ = ["KVStateMachine", "MemoryLogStore", "MemoryStateManager"]
+
+
+class MemoryLogStore(LogStore):
+    """A list-backed :class:`LogStore`: O(1) append and ``term_at``, compaction supported.
+
+    Beyond the contract it rejects writes whose terms decrease and compactions whose term
+    contradicts the entry held at that index (both impossible in a correct Raft log).
+    """
+
+    __slots__ = ("_entries", "_start", "_boundary_term")
+
+    def __init__(self) -> None:
+        self._entries: list[LogEntry] = []
+        self._start = 1  # index of self._entries[0]
+        self._boundary_term = 0  # term of the entry at self._start - 1
+
+    def __repr__(self) -> str:
+        return f"<MemoryLogStore [{self._start}, {self.next_slot()})>"
+
+    def start_index(self) -> int:
+        return self._start
+
+    def next_slot(self) -> int:
+        return self._start + len(self._entries)
+
+    def entries(self, start: int, end: int) -> list[LogEntry]:
+        if start > end:
+            raise ValueError(f"reversed range [{start}, {end})")
+        if start < self._start or end > self.next_slot():
+            raise IndexError(
+                f"range [{start}, {end}) not within held [{self._start}, {self.next_slot()})"
+            )
+        return self._entries[start - self._start : end - self._start]
+
+    def term_at(self, index: int) -> int:
+        if index == 0:
+            return 0
+        if index == self._start - 1:
+            return self._boundary_term
+        if self._start <= index < self.next_slot():
+            return self._entries[index - self._start].term
+        raise IndexError(
+            f"index {index} not held (boundary {self._start - 1}, next slot {self.next_slot()})"
+        )
+
+    async def write(
+        self, first_index: int, entries: Sequence[LogEntry], *, truncate_from: int = 0
+    ) -> None:
+        # Yield first, like a real store would, so tests exercise the interleavings a slow
+        # disk allows; everything after this point is atomic.
+        await trio.lowlevel.checkpoint()
+        keep = self.next_slot()
+        if truncate_from > 0:
+            if not self._start <= truncate_from <= keep:
+                raise ValueError(f"truncate_from {truncate_from} outside [{self._start}, {keep}]")
+            keep = truncate_from
+        if entries:
+            if first_index != keep:
+                raise ValueError(f"first_index {first_index} != next slot {keep}")
+            prev_term = self.term_at(keep - 1)
+            for offset, entry in enumerate(entries):
+                if entry.term < prev_term:
+                    raise ValueError(
+                        f"term {entry.term} at index {first_index + offset} "
+                        f"follows term {prev_term}"
+                    )
+                prev_term = entry.term
+        del self._entries[keep - self._start :]
+        self._entries.extend(entries)
+
+    async def compact(self, up_to_index: int, term: int) -> None:
+        await trio.lowlevel.checkpoint()
+        if up_to_index < self._start:
+            return
+        if up_to_index < self.next_slot():
+            held = self._entries[up_to_index - self._start].term
+            if held != term:
+                raise ValueError(f"compact({up_to_index}, {term}): entry has term {held}")
+            del self._entries[: up_to_index + 1 - self._start]
+        else:
+            self._entries.clear()
+        self._start = up_to_index + 1
+        self._boundary_term = term
+
+
+class KVStateMachine(StateMachine):
+    """A small key-value state machine that also records every entry it applies.
+
+    ``b"set <key> <value>"`` and ``b"del <key>"`` change :attr:`data` and return ``b"OK"``
+    (keys contain no spaces; values may).  Anything else is applied as an opaque record and
+    echoed back, like nuraft_mesg's echo state machine.  :attr:`applied` holds every
+    ``(index, data)`` in order, so tests can compare replicas entry by entry.
+    """
+
+    __slots__ = ("applied", "configs", "data", "_last_index")
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[int, bytes]] = []
+        self.configs: list[tuple[int, ClusterConfig]] = []
+        self.data: dict[str, str] = {}
+        self._last_index = 0
+
+    def commit(self, index: int, data: bytes) -> bytes:
+        self._advance(index)
+        self.applied.append((index, data))
+        command = _parse(data)
+        if command is None:
+            return data
+        op, key, value = command
+        if op == "set":
+            self.data[key] = value
+        else:
+            self.data.pop(key, None)
+        return b"OK"
+
+    def commit_config(self, index: int, config: ClusterConfig) -> None:
+        self._advance(index)
+        self.configs.append((index, config))
+
+    def last_commit_index(self) -> int:
+        return self._last_index
+
+    def _advance(self, index: int) -> None:
+        # Applying twice or backwards is a runtime bug that would silently fork replicas.
+        if index <= self._last_index:
+            raise ValueError(f"apply of index {index} after index {self._last_index}")
+        self._last_index = index
+
+
+def _parse(data: bytes) -> tuple[str, str, str] | None:
+    """Decode a set/del command; ``None`` for anything that is not one."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = text.split(" ", 2)
+    if parts[0] == "set" and len(parts) == 3 and parts[1]:
+        return "set", parts[1], parts[2]
+    if parts[0] == "del" and len(parts) == 2 and parts[1]:
+        return "del", parts[1], ""
+    return None
+
+
+class MemoryStateManager(StateManager):
+    """A :class:`StateManager` that keeps everything in memory (on this object).
+
+    The default initial configuration lists only this server, as nuraft_mesg's test state
+    manager does, so a new group elects it.  :attr:`events` records every Raft event and
+    :attr:`left` whether :meth:`leave` was called, for tests to inspect.
+    """
+
+    __slots__ = (
+        "_server_id",
+        "endpoint",
+        "_initial_config",
+        "_config",
+        "_state",
+        "_log_store",
+        "_state_machine",
+        "destroyed",
+        "left",
+        "ready_count",
+        "events",
+    )
+
+    def __init__(
+        self,
+        server_id: int,
+        endpoint: str,
+        *,
+        initial_config: ClusterConfig | None = None,
+        state_machine: StateMachine | None = None,
+        log_store: LogStore | None = None,
+    ) -> None:
+        self._server_id = server_id
+        self.endpoint = endpoint
+        if initial_config is None:
+            initial_config = ClusterConfig(servers=(ServerConfig(id=server_id, endpoint=endpoint),))
+        self._initial_config = initial_config
+        self._config: ClusterConfig | None = None
+        self._state: HardState | None = None
+        self._log_store: LogStore = log_store if log_store is not None else MemoryLogStore()
+        self._state_machine: StateMachine = (
+            state_machine if state_machine is not None else KVStateMachine()
+        )
+        self.destroyed = False
+        self.left = False
+        self.ready_count = 0
+        self.events: list[Event] = []
+
+    def __repr__(self) -> str:
+        return f"<MemoryStateManager server_id={self._server_id} endpoint={self.endpoint!r}>"
+
+    @property
+    def server_id(self) -> int:
+        return self._server_id
+
+    def load_config(self) -> ClusterConfig:
+        return self._config if self._config is not None else self._initial_config
+
+    async def save_config(self, config: ClusterConfig) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_alive("save_config")
+        self._config = config
+
+    async def save_state(self, state: HardState) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_alive("save_state")
+        self._state = state
+
+    def read_state(self) -> HardState | None:
+        return self._state
+
+    def load_log_store(self) -> LogStore:
+        self._check_alive("load_log_store")
+        return self._log_store
+
+    def get_state_machine(self) -> StateMachine:
+        return self._state_machine
+
+    def permanent_destroy(self) -> None:
+        self.destroyed = True
+        self._config = None
+        self._state = None
+        # Drop the log (a caller-supplied store is only released: we cannot empty it).
+        self._log_store = MemoryLogStore()
+
+    def leave(self) -> None:
+        self.left = True
+
+    def become_ready(self) -> None:
+        self.ready_count += 1
+
+    def raft_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def _check_alive(self, what: str) -> None:
+        if self.destroyed:
+            raise RuntimeError(f"{what} on a permanently destroyed state manager")
