@@ -1,0 +1,135 @@
+"""The transport interface: what a Manager needs from a network.
+
+One implementation speaks purerpc on loopback or a real network
+(:mod:`nuraft_mesg.transport.grpc`); the public test harness swaps in a simulated one.  The
+Manager never imports either directly: it is handed a :class:`Transport`.
+
+The shape follows nuraft_mesg: one unary exchange per Raft message, ``RaftStep(RaftGroupMsg)
+-> RaftGroupMsg``, routed by group id.  Requests carry the destination peer's uuid in
+``intended_addr`` so that a stale address mapping is detected (INVALID_ARGUMENT) instead of
+delivering a message to the wrong process.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+import trio
+
+from nuraft_mesg.errors import ResultCode
+from nuraft_mesg.transport.codec import GroupEnvelope
+
+__all__ = ["StepError", "StepHandler", "Status", "Transport", "TransportError"]
+
+
+class Status(enum.IntEnum):
+    """gRPC status codes used by the transport (the numbers are gRPC's)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    def to_result_code(self) -> ResultCode:
+        """nuraft_mesg's gRPC status -> NuRaft code mapping (inventory §2.5)."""
+        return _STATUS_TO_CODE.get(self, ResultCode.FAILED)
+
+
+_STATUS_TO_CODE = {
+    Status.OK: ResultCode.OK,
+    Status.DEADLINE_EXCEEDED: ResultCode.TIMEOUT,
+    Status.UNAVAILABLE: ResultCode.SERVER_NOT_FOUND,
+    Status.NOT_FOUND: ResultCode.SERVER_NOT_FOUND,
+    Status.CANCELLED: ResultCode.CANCELLED,
+    Status.ABORTED: ResultCode.CANCELLED,
+    Status.FAILED_PRECONDITION: ResultCode.TERM_MISMATCH,
+    Status.ALREADY_EXISTS: ResultCode.SERVER_ALREADY_EXISTS,
+    Status.INVALID_ARGUMENT: ResultCode.BAD_REQUEST,
+    Status.UNIMPLEMENTED: ResultCode.BAD_REQUEST,
+    Status.UNAUTHENTICATED: ResultCode.BAD_REQUEST,
+    Status.PERMISSION_DENIED: ResultCode.BAD_REQUEST,
+    Status.RESOURCE_EXHAUSTED: ResultCode.BAD_REQUEST,
+    Status.OUT_OF_RANGE: ResultCode.BAD_REQUEST,
+}
+
+
+class StepError(Exception):
+    """Raised by a :class:`StepHandler` to answer a RaftStep with a non-OK gRPC status
+    (for example NOT_FOUND for a group this node does not host)."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(f"{status.name}: {message}")
+        self.status = status
+        self.message = message
+
+
+class TransportError(Exception):
+    """A RaftStep to a peer failed: no route, connection error, deadline, or a non-OK status
+    from the peer.  ``status`` says which; ``code`` is nuraft_mesg's mapping of it."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(f"{status.name}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def code(self) -> ResultCode:
+        return self.status.to_result_code()
+
+
+class StepHandler(Protocol):
+    """The server side: the Manager routes a request to its group and returns the reply."""
+
+    async def raft_step(self, request: GroupEnvelope) -> GroupEnvelope:
+        """Handle one RaftStep.  Raise :class:`StepError` for a non-OK status."""
+        ...
+
+
+class Transport(ABC):
+    """Server plus per-peer clients for one node.
+
+    Lifecycle: the Manager runs :meth:`serve` in its nursery (``await nursery.start(...)``)
+    and cancels it last, after every group has stopped; :meth:`aclose` then drops client
+    connections.
+    """
+
+    @abstractmethod
+    async def serve(
+        self,
+        handler: StepHandler,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept RaftSteps until cancelled; report the bound port through ``task_status``."""
+
+    @abstractmethod
+    async def call(
+        self,
+        peer: str,
+        request: GroupEnvelope,
+        *,
+        timeout: float,  # noqa: ASYNC109 - a gRPC deadline travels with the call
+    ) -> GroupEnvelope:
+        """One RaftStep round trip to ``peer`` (a uuid string), within ``timeout`` seconds.
+
+        Raises:
+            TransportError: the call failed; the message may or may not have been processed.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Close client connections (called after :meth:`serve` has stopped)."""
