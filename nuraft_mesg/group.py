@@ -1,0 +1,617 @@
+"""The trio runtime of one Raft group: drives a :class:`~nuraft_mesg.raft.node.RaftNode`.
+
+Theory of operation
+-------------------
+Each group is one task in its Manager's nursery, looping over a bounded inbox:
+
+    wait for the next inbox item, or for the earlier of the two timer deadlines
+    (a ``trio.move_on_at`` cancel scope: the deadlines move, nothing polls)
+    hand the item(s) / timer expiry to the core
+    drain the core's Ready: send, persist, send-after-persist, apply, advance
+
+Everything that touches the core happens in this one task, so the core needs no locks.
+Callers in other tasks (the Manager's API, the RaftStep server handler, peer replies) talk to
+it through the inbox and wait on small one-shot slots.
+
+Persistence ordering is the core's: ``messages_after_persist`` (votes, acknowledgements,
+answers to RaftStep requests) leave only after ``LogStore.write`` / ``save_state`` return.
+A storage exception stops the group (never an acknowledgement of unstored data): it is logged,
+``StateManager.system_exit`` is told, and every waiter gets :class:`~nuraft_mesg.errors.Failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import trio
+
+from nuraft_mesg.errors import Cancelled, Failed, RaftError, TermMismatch
+from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode
+from nuraft_mesg.raft.params import RaftParams
+from nuraft_mesg.raft.ready import (
+    BecomeFollower,
+    BecomeLeader,
+    Event,
+    JoinedCluster,
+    NewConfig,
+    Ready,
+    RemovedFromCluster,
+    TimerCommand,
+)
+from nuraft_mesg.raft.types import ClusterConfig, LogEntry, LogType, Message, MsgType
+from nuraft_mesg.storage.interfaces import StateManager
+from nuraft_mesg.transport.codec import GroupEnvelope
+from nuraft_mesg.transport.peers import PeerSender
+
+__all__ = ["GroupStatistics", "PeerInfo", "RaftGroup", "ReplicaConfig", "Slot"]
+
+T = TypeVar("T")
+
+_CLIENT_TYPES = frozenset(
+    {MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST, MsgType.REMOVE_SERVER_REQUEST}
+)
+_MAX_BATCH = 256
+"""Inbox items handled before one Ready is drained: proposals from many callers arriving in
+the same loop turn share one storage write and one round of appends (group commit)."""
+
+
+class Slot(Generic[T]):
+    """A one-shot result that one task sets and another awaits."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def set(self, value: T) -> None:
+        if not self._done.is_set():
+            self._value = value
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+@dataclass(slots=True)
+class _Request:
+    message: Message
+    reply: Slot[Message]
+
+
+@dataclass(slots=True)
+class _Reply:
+    message: Message
+
+
+@dataclass(slots=True)
+class _Command:
+    fn: Callable[[RaftNode], object]
+    result: Slot[object]
+
+
+@dataclass(slots=True)
+class _Proposal:
+    data: list[bytes]
+    result: Slot[tuple[Proposal, Slot[list[bytes]]]]
+
+
+_Item = _Request | _Reply | _Command | _Proposal
+
+
+@dataclass(slots=True)
+class _ApplyWaiter:
+    """Waits until ``[first, last]`` are applied here with ``term``; collects results."""
+
+    term: int
+    first: int
+    last: int
+    results: list[bytes] = field(default_factory=list)
+    slot: Slot[list[bytes]] = field(default_factory=Slot)
+
+
+@dataclass(slots=True, frozen=True)
+class PeerInfo:
+    """One row of ``raft_status()`` (nuraft_mesg's ``peer_info``)."""
+
+    id: str
+    last_log_idx: int
+    last_succ_resp_us: int
+    priority: int
+    is_learner: bool
+    is_new_joiner: bool
+
+
+@dataclass(slots=True, frozen=True)
+class ReplicaConfig:
+    """One row of ``cluster_config()`` (nuraft_mesg's ``replica_config``)."""
+
+    peer_id: str
+    aux: str
+
+
+@dataclass(slots=True, frozen=True)
+class GroupStatistics:
+    """Counters of one group (nuraft_mesg's ``RAFTGroup`` metrics plus Raft state)."""
+
+    group_id: str
+    term: int
+    commit_index: int
+    last_log_index: int
+    applied_index: int
+    leader_id: str
+    is_leader: bool
+    leader_changes: int
+    messages_received: int
+    messages_sent: int
+    messages_dropped: int
+    append_latency_us_total: int
+    append_requests: int
+
+
+class RaftGroup:
+    """The runtime of one group on one node.  Built and owned by a Manager."""
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        group_type: str,
+        params: RaftParams,
+        state_mgr: StateManager,
+        server_uuid: str,
+        server_id: int,
+        peers: PeerSender,
+        logger: logging.Logger,
+        inbox_size: int = 4096,
+        rng: random.Random | None = None,
+        on_change: Callable[[], None] | None = None,
+        core_factory: Callable[..., RaftNode] | None = None,
+    ) -> None:
+        self.group_id = group_id
+        self.group_type = group_type
+        self.params = params
+        self.state_mgr = state_mgr
+        self.server_uuid = server_uuid
+        self.server_id = server_id
+        self._peers = peers
+        self.log = logging.LoggerAdapter(logger, {"group": group_id})
+        self.log_store = state_mgr.load_log_store()
+        self.state_machine = state_mgr.get_state_machine()
+        start = self.log_store.start_index()
+        config = state_mgr.load_config()
+        # core_factory: RaftNode or anything called like it (a subclass, a wrapper that seeds
+        # ``rng``); the public test harness plugs deliberately broken cores in here.
+        self.core = (core_factory or RaftNode)(
+            server_id,
+            params,
+            config=config,
+            hard_state=state_mgr.read_state(),
+            entries=self.log_store.entries(start, self.log_store.next_slot()),
+            log_start_index=start,
+            log_boundary_term=self.log_store.term_at(start - 1) if start > 1 else 0,
+            applied_index=self.state_machine.last_commit_index(),
+            rng=rng,
+        )
+        self._endpoints: dict[int, str] = {}
+        self._learn_endpoints(config)
+        self._learn_endpoints(self.core.config)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[_Item](inbox_size)
+        self._election_deadline = math.inf
+        self._heartbeat_deadline = math.inf
+        self._heartbeat_interval = params.heartbeat_interval_ms / 1000
+        self._pending_replies: deque[_Request] = deque()
+        self._apply_waiters: dict[int, _ApplyWaiter] = {}
+        self._changed = trio.Event()
+        self._on_change = on_change
+        self._last_response: dict[int, float] = {}
+        self.failed: BaseException | None = None
+        self.stopped = False
+        self._stopped_event = trio.Event()
+        self.applied_index = self.core.applied
+        """Last index handed to the state machine (the core's ``applied`` runs ahead of it
+        while a Ready is being persisted)."""
+        self._leader_changes = 0
+        self._received = 0
+        self._sent = 0
+        self._dropped = 0
+        self._append_latency_us = 0
+        self._append_requests = 0
+
+    # ==========================================================================================
+    # Queries (safe from any task: they read state the loop task writes between checkpoints)
+    # ==========================================================================================
+    @property
+    def is_leader(self) -> bool:
+        return self.core.is_leader and not self.stopped
+
+    @property
+    def leader_id(self) -> str:
+        """The leader's uuid, or "" when unknown."""
+        lid = self.core.leader_id
+        if lid == NO_LEADER:
+            return ""
+        return self._endpoints.get(lid, "")
+
+    def endpoint_of(self, server_id: int) -> str:
+        return self._endpoints.get(server_id, "")
+
+    def cluster_config(self) -> list[ReplicaConfig]:
+        return [ReplicaConfig(s.endpoint, s.aux) for s in self.core.config.servers]
+
+    def raft_status(self) -> list[PeerInfo]:
+        """nuraft_mesg's ``get_raft_status``: every peer on the leader, then ourselves."""
+        now = trio.current_time()
+        cfg = self.core.config
+        rows: list[PeerInfo] = []
+        if self.core.is_leader:
+            for peer, pr in sorted(self.core.progress.items()):
+                srv = cfg.get(peer)
+                joiner = self.core.joining_server
+                if srv is None and joiner is not None and joiner.id == peer:
+                    srv = joiner
+                if srv is None:
+                    continue
+                seen = self._last_response.get(peer)
+                age_us = int((now - seen) * 1e6) if seen is not None else 0
+                rows.append(PeerInfo(srv.endpoint, pr.match, max(age_us, 1) if seen else 0,
+                                     srv.priority, srv.learner, pr.joining))
+        me = cfg.get(self.server_id)
+        if me is not None:
+            rows.append(PeerInfo(me.endpoint, self.core.log.last_index, 0, me.priority,
+                                 me.learner, False))
+        return rows
+
+    def statistics(self) -> GroupStatistics:
+        return GroupStatistics(
+            group_id=self.group_id,
+            term=self.core.term,
+            commit_index=self.core.commit,
+            last_log_index=self.core.log.last_index,
+            applied_index=self.applied_index,
+            leader_id=self.leader_id,
+            is_leader=self.is_leader,
+            leader_changes=self._leader_changes,
+            messages_received=self._received,
+            messages_sent=self._sent,
+            messages_dropped=self._dropped,
+            append_latency_us_total=self._append_latency_us,
+            append_requests=self._append_requests,
+        )
+
+    # ==========================================================================================
+    # Calls from other tasks
+    # ==========================================================================================
+    def _check_running(self) -> None:
+        if self.failed is not None:
+            raise Failed(f"group {self.group_id} stopped: {self.failed!r}")
+        if self.stopped:
+            raise Cancelled(f"group {self.group_id} is stopped")
+
+    async def _submit(self, item: _Item) -> None:
+        self._check_running()
+        try:
+            await self._inbox_send.send(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Cancelled(f"group {self.group_id} is stopped") from None
+
+    async def handle_request(self, msg: Message) -> Message:
+        """A RaftStep request for this group: returns the core's answer, sent only once
+        whatever it promises is durable."""
+        slot: Slot[Message] = Slot()
+        await self._submit(_Request(msg, slot))
+        return await slot.wait()
+
+    def deliver_reply(self, reply: GroupEnvelope | Exception, peer: int) -> None:
+        """A peer answered one of our requests (called by PeerSender; never blocks)."""
+        if isinstance(reply, Exception):
+            return  # Raft retries on its own (heartbeats, probes)
+        msg = reply.message
+        if msg.src != peer or msg.type.is_request:
+            self.log.warning("ignoring a mismatched reply from server %d: %s", peer, msg.type.name)
+            return
+        try:
+            self._inbox_send.send_nowait(_Reply(msg))
+        except trio.WouldBlock:
+            self._dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def run_command(self, fn: Callable[[RaftNode], T]) -> T:
+        """Run ``fn(core)`` inside the loop task (local requests: add_server, ...)."""
+        slot: Slot[object] = Slot()
+        await self._submit(_Command(fn, slot))
+        return await slot.wait()  # type: ignore[return-value]
+
+    async def propose(self, data: Sequence[bytes]) -> tuple[Proposal, Slot[list[bytes]]]:
+        """Append ``data`` on the leader.  Returns where it landed and a slot that completes
+        with the state machine's results once applied here (watched from the moment of the
+        append, so no result can be missed)."""
+        slot: Slot[tuple[Proposal, Slot[list[bytes]]]] = Slot()
+        await self._submit(_Proposal(list(data), slot))
+        return await slot.wait()
+
+    def watch_apply(self, prop: Proposal, *, known_results: Sequence[bytes] = ()
+                    ) -> Slot[list[bytes]]:
+        """A slot that completes when ``prop``'s entries are applied here (with their
+        results), or fails with TermMismatch if another leader's entries replaced them.
+
+        If they were applied before the watch began (a forwarded write that this follower
+        applied before the leader's answer arrived), the results are ``known_results``
+        right-aligned (the leader reports the last one), the others empty.
+        """
+        w = _ApplyWaiter(prop.term, prop.first_index, prop.last_index)
+        if self.applied_index >= prop.last_index:
+            if self.core.log.term_at(prop.last_index) == prop.term:
+                count = prop.last_index - prop.first_index + 1
+                known = list(known_results)[-count:]
+                w.slot.set([b""] * (count - len(known)) + known)
+            else:
+                w.slot.fail(TermMismatch("entries were replaced by another leader"))
+            return w.slot
+        for index in range(prop.first_index, prop.last_index + 1):
+            self._apply_waiters[index] = w
+        return w.slot
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checked on every state change (bound it with
+        the caller's cancel scope).
+
+        Raises:
+            Cancelled, Failed: the group stopped first.
+        """
+        while not predicate():
+            self._check_running()
+            await self._changed.wait()
+
+    # ==========================================================================================
+    # The loop
+    # ==========================================================================================
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await self._process_ready()
+            while True:
+                deadline = min(self._election_deadline, self._heartbeat_deadline)
+                item: _Item | None = None
+                with trio.move_on_at(deadline):
+                    item = await self._inbox_recv.receive()
+                if item is not None:
+                    self._handle(item)
+                    for _ in range(_MAX_BATCH):
+                        try:
+                            self._handle(self._inbox_recv.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                now = trio.current_time()
+                if now >= self._election_deadline:
+                    self._election_deadline = math.inf
+                    self.core.election_timeout()
+                if now >= self._heartbeat_deadline:
+                    self._heartbeat_deadline = now + self._heartbeat_interval
+                    self.core.heartbeat_timeout()
+                await self._process_ready()
+        except Exception as exc:
+            self.failed = exc
+            self.log.error("group stopped by an error: %r", exc, exc_info=True)
+            try:
+                self.state_mgr.system_exit(exc)
+            except Exception:
+                self.log.exception("system_exit hook failed")
+        finally:
+            self.stopped = True
+            self._inbox_send.close()
+            self._fail_everyone(self.failed)
+            self._notify()
+            self._stopped_event.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped_event.wait()
+
+    def record_append_latency(self, seconds: float) -> None:
+        self._append_requests += 1
+        self._append_latency_us += int(seconds * 1e6)
+
+    def _fail_everyone(self, error: BaseException | None) -> None:
+        exc: RaftError = (
+            Failed(f"group stopped: {error!r}") if error is not None else Cancelled("group stopped")
+        )
+        while self._pending_replies:
+            self._pending_replies.popleft().reply.fail(exc)
+        for w in set(self._apply_waiters.values()):
+            w.slot.fail(exc)
+        self._apply_waiters.clear()
+        while True:
+            try:
+                item = self._inbox_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, _Request):
+                item.reply.fail(exc)
+            elif isinstance(item, _Command | _Proposal):
+                item.result.fail(exc)
+
+    def _handle(self, item: _Item) -> None:
+        core = self.core
+        if isinstance(item, _Reply):
+            self._received += 1
+            self._last_response[item.message.src] = trio.current_time()
+            core.step(item.message)
+        elif isinstance(item, _Request):
+            self._received += 1
+            self._pending_replies.append(item)
+            core.step(item.message)
+        elif isinstance(item, _Proposal):
+            try:
+                prop = core.propose(item.data)
+            except RaftError as exc:
+                item.result.fail(exc)
+            else:
+                item.result.set((prop, self.watch_apply(prop)))
+        else:
+            try:
+                item.result.set(item.fn(core))
+            except RaftError as exc:
+                item.result.fail(exc)
+
+    async def _process_ready(self) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            self._dispatch(rd.messages)
+            await self._persist(rd)
+            self._dispatch(rd.messages_after_persist)
+            self._apply(rd)
+            self._handle_events(rd.events)
+            if rd.committed and not rd.events:
+                self._notify()
+            self._apply_timers(rd)
+            core.advance(rd)
+        # Every request stepped so far has been answered in the Readies above.
+        while self._pending_replies:
+            req = self._pending_replies.popleft()
+            req.reply.fail(Cancelled("request was not answered"))
+
+    async def _persist(self, rd: Ready) -> None:
+        if rd.truncate_from or rd.entries:
+            await self.log_store.write(rd.first_index, rd.entries, truncate_from=rd.truncate_from)
+        if rd.hard_state is not None:
+            await self.state_mgr.save_state(rd.hard_state)
+        if rd.config_to_save is not None:
+            await self.state_mgr.save_config(rd.config_to_save)
+
+    def _dispatch(self, messages: list[Message]) -> None:
+        for m in messages:
+            if m.type.is_request:
+                self._send_request(m)
+            else:
+                self._answer(m)
+
+    def _send_request(self, m: Message) -> None:
+        peer_uuid = self._endpoints.get(m.dest, "")
+        if not peer_uuid:
+            self.log.warning("no endpoint for server %d; dropping %s", m.dest, m.type.name)
+            self._dropped += 1
+            return
+        env = GroupEnvelope(self.group_id, self.group_type, peer_uuid, m)
+        dest = m.dest
+
+        def on_reply(reply: GroupEnvelope | Exception) -> None:
+            self.deliver_reply(reply, dest)
+
+        if self._peers.post(peer_uuid, env, on_reply):
+            self._sent += 1
+        else:
+            self._dropped += 1
+
+    def _answer(self, m: Message) -> None:
+        for req in self._pending_replies:
+            r = req.message
+            if r.type.response_type == m.type and (m.dest == r.src or r.type in _CLIENT_TYPES):
+                self._pending_replies.remove(req)
+                req.reply.set(m)
+                return
+        self.log.debug("unmatched response %s to %d", m.type.name, m.dest)
+
+    def _apply(self, rd: Ready) -> None:
+        for ce in rd.committed:
+            entry: LogEntry = ce.entry
+            result = b""
+            if entry.type == LogType.APP:
+                result = self.state_machine.commit(ce.index, entry.buffer)
+            elif entry.type == LogType.CONFIG:
+                self.state_machine.commit_config(ce.index, ClusterConfig.decode(entry.buffer))
+            self.applied_index = ce.index
+            w = self._apply_waiters.pop(ce.index, None)
+            if w is None:
+                continue
+            if entry.term != w.term:
+                w.slot.fail(TermMismatch(f"entry {ce.index} was replaced by another leader"))
+                for i in range(ce.index + 1, w.last + 1):
+                    self._apply_waiters.pop(i, None)
+                continue
+            w.results.append(result)
+            if ce.index == w.last:
+                w.slot.set(w.results)
+
+    def _handle_events(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for ev in events:
+            if isinstance(ev, BecomeLeader | BecomeFollower):
+                self._leader_changes += 1
+                self.log.info("%s", ev)
+            elif isinstance(ev, NewConfig):
+                self._learn_endpoints(ev.config)
+                self.log.info("config %s: %s", "committed" if ev.committed else "appended",
+                              [s.endpoint for s in ev.config.servers])
+            elif isinstance(ev, JoinedCluster):
+                self._learn_endpoints(self.core.config)
+                self.log.info("joined the group, invited by server %d", ev.leader_id)
+            elif isinstance(ev, RemovedFromCluster):
+                self.log.info("removed from the group")
+                self._call_hook(self.state_mgr.leave)
+            self._call_hook(lambda ev=ev: self.state_mgr.raft_event(ev))  # type: ignore[misc]
+        self._notify()
+
+    def _call_hook(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:
+            self.log.exception("state manager hook failed")
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        if self._on_change is not None:
+            self._on_change()
+
+    def _learn_endpoints(self, config: ClusterConfig) -> None:
+        for s in config.servers:
+            if s.endpoint:
+                self._endpoints[s.id] = s.endpoint
+
+    def learn_endpoint(self, server_id: int, endpoint: str) -> None:
+        """Record a peer's uuid before it is in any config (a server being added)."""
+        self._endpoints[server_id] = endpoint
+
+    # -- timers ------------------------------------------------------------------------------
+    def _apply_timers(self, rd: Ready) -> None:
+        if rd.election_timer is not None:
+            self._apply_timer((rd.election_timer, None))
+        if rd.heartbeat_timer is not None:
+            self._apply_timer((None, rd.heartbeat_timer))
+
+    def _apply_timer(self, timers: tuple[TimerCommand | None, TimerCommand | None]) -> None:
+        election, heartbeat = timers
+        now = trio.current_time()
+        if election is not None:
+            self._election_deadline = (
+                math.inf if election.stop else now + election.timeout_ms / 1000
+            )
+        if heartbeat is not None:
+            if heartbeat.stop:
+                self._heartbeat_deadline = math.inf
+            else:
+                self._heartbeat_interval = heartbeat.timeout_ms / 1000
+                self._heartbeat_deadline = now  # heartbeat at once, then every interval
+

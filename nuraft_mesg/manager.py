@@ -1,0 +1,588 @@
+"""The Manager: one node, one RaftStep server, many Raft groups.
+
+::
+
+    async with Manager(ManagerConfig(server_uuid=me, port=0), app) as mgr:
+        mgr.register_group_type("kv", RaftParams())
+        await mgr.create_group(gid, "kv")           # waits until this node leads it
+        await mgr.add_member(gid, peer_uuid)        # waits until the config holds the peer
+        results = await mgr.append_entries(gid, [b"set x 1"])   # after commit and apply
+
+Structure (and so shutdown order) is expressed by nesting, not by bookkeeping::
+
+    nursery "infra":      the transport's server task
+      PeerSender:         per-peer outbound queues and their workers
+        nursery "groups": one task per group
+
+Leaving the ``async with`` cancels the groups' nursery first and waits for every group to
+stop; only then do the peer workers and finally the server stop (nuraft_mesg PR #101: raft
+servers stop before the gRPC server).  No task outlives the block.
+
+A group's server id is :func:`to_server_id` of its uuid, computed the same way on every node;
+its endpoint (in configurations, in ``leader_id``) is the uuid string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import trio
+
+from nuraft_mesg.errors import (
+    BadRequest,
+    Cancelled,
+    NotLeader,
+    RaftError,
+    RaftTimeout,
+    ResultCode,
+    ServerNotFound,
+)
+from nuraft_mesg.group import GroupStatistics, PeerInfo, RaftGroup, ReplicaConfig
+from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode
+from nuraft_mesg.raft.params import RaftParams
+from nuraft_mesg.raft.types import LogEntry, LogType, Message, MsgType, ServerConfig
+from nuraft_mesg.storage.interfaces import StateManager
+from nuraft_mesg.transport.base import Status, StepError, Transport, TransportError
+from nuraft_mesg.transport.codec import GroupEnvelope
+from nuraft_mesg.transport.peers import PeerSender
+
+__all__ = [
+    "GroupContext",
+    "Manager",
+    "ManagerConfig",
+    "MessagingApplication",
+    "to_server_id",
+]
+
+
+def to_server_id(peer_uuid: str) -> int:
+    """The Raft server id of a peer: a non-negative 31-bit hash of its uuid.
+
+    nuraft_mesg uses boost's ``hash<uuid> >> 33``; we use the first 8 bytes of BLAKE2b over
+    the uuid's 16 bytes, shifted right by 33, which is stable across processes, Python
+    versions and machines (Python's own ``hash`` is salted per process).
+    """
+    raw = uuidlib.UUID(peer_uuid).bytes
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 33
+
+
+@runtime_checkable
+class MessagingApplication(Protocol):
+    """What the application supplies (nuraft_mesg's ``MessagingApplication``)."""
+
+    def lookup_peer(self, peer_id: str) -> str:
+        """Resolve a peer uuid to ``"host:port"``; "" when unknown."""
+        ...
+
+    def create_state_mgr(self, server_id: int, group_id: str) -> StateManager:
+        """Make the state manager of a group this node creates or is invited into."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerConfig:
+    """nuraft_mesg's ``Manager::Params`` plus its dynamic settings, in seconds."""
+
+    server_uuid: str
+    port: int = 0
+    """Listen port; 0 picks a free one (then read ``Manager.port``)."""
+    host: str = "127.0.0.1"
+    """Listen address.  nuraft_mesg binds 0.0.0.0; we default to loopback (no TLS yet)."""
+    default_group_type: str = ""
+    """Group type used when an incoming join names none (nuraft_mesg's compatibility rule)."""
+    leader_change_timeout: float = 3.2
+    """How long create_group, add_member and become_leader wait (raft_leader_change_timeout)."""
+    raft_request_timeout: float = 2.0
+    """Deadline of one RaftStep to a peer (raft_request_deadline_secs)."""
+    client_request_timeout: float = 3.0
+    """How long append_entries waits for commit and apply (NuRaft's client_req_timeout)."""
+    max_message_size: int = 64 << 20
+    peer_queue_size: int = 1024
+    """Outbound messages queued per peer before new ones are dropped (Raft retries)."""
+
+    def __post_init__(self) -> None:
+        try:
+            uuidlib.UUID(self.server_uuid)
+        except ValueError:
+            raise ValueError(f"server_uuid {self.server_uuid!r} is not a uuid") from None
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be in [0, 65535]")
+
+
+class GroupContext:
+    """Per-group view for the application (nuraft_mesg's ``repl_service_ctx``).
+
+    Made by :meth:`Manager.group`; do not construct it yourself.
+    """
+
+    __slots__ = ("_group",)
+
+    def __init__(self, group: RaftGroup) -> None:
+        self._group = group
+
+    @property
+    def group_id(self) -> str:
+        return self._group.group_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self._group.is_leader
+
+    @property
+    def leader_id(self) -> str:
+        """The leader's uuid, or "" when there is none."""
+        return self._group.leader_id
+
+    def raft_status(self) -> list[PeerInfo]:
+        return self._group.raft_status()
+
+    def cluster_config(self) -> list[ReplicaConfig]:
+        return self._group.cluster_config()
+
+    def statistics(self) -> GroupStatistics:
+        """Counters and Raft state of this group on this node (an immutable snapshot)."""
+        return self._group.statistics()
+
+    async def wait_leader(self) -> str:
+        """Wait until the group knows a leader (bound it with a cancel scope); returns the
+        leader's uuid."""
+        await self._group.wait_for(lambda: bool(self._group.leader_id))
+        return self._group.leader_id
+
+
+class Manager:
+    """A node hosting many Raft groups behind one RaftStep server.  See the module doc."""
+
+    def __init__(
+        self,
+        config: ManagerConfig,
+        app: MessagingApplication,
+        *,
+        transport: Transport | None = None,
+        core_factory: Callable[..., RaftNode] | None = None,
+    ) -> None:
+        """``core_factory`` (default :class:`RaftNode`) builds each group's sans-IO core and
+        is called with RaftNode's arguments: pass a subclass, or a wrapper that seeds ``rng``
+        (the test harness, :mod:`nuraft_mesg.testing`, uses it for determinism and to plug
+        in deliberately broken cores)."""
+        self._core_factory = core_factory
+        self.config = config
+        self.app = app
+        self.server_uuid = config.server_uuid
+        self.server_id = to_server_id(config.server_uuid)
+        self.log = logging.getLogger(f"nuraft_mesg.manager.{config.server_uuid}")
+        if transport is None:
+            from nuraft_mesg.transport.grpc import GrpcTransport
+
+            transport = GrpcTransport(
+                server_uuid=config.server_uuid,
+                host=config.host,
+                port=config.port,
+                lookup_peer=app.lookup_peer,
+                max_message_size=config.max_message_size,
+            )
+        self.transport = transport
+        self.port = 0
+        self._group_types: dict[str, RaftParams] = {}
+        self._groups: dict[str, RaftGroup] = {}
+        self._group_scopes: dict[str, trio.CancelScope] = {}
+        self._state_mgrs: dict[str, StateManager] = {}
+        self._group_locks: dict[str, trio.Lock] = {}
+        self._groups_nursery: trio.Nursery | None = None
+        self._peers: PeerSender | None = None
+        self._lifetime: object = None
+        self._closing = False
+        self._changed = trio.Event()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Wait until any group of this node changes (leader, config, commit, apply, stop)."""
+        await self._changed.wait()
+
+    # ==========================================================================================
+    # Lifecycle
+    # ==========================================================================================
+    async def __aenter__(self) -> Manager:
+        cm = self._run()
+        self._lifetime = cm
+        return await cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        cm = self._lifetime
+        assert cm is not None
+        return await cm.__aexit__(exc_type, exc, tb)  # type: ignore[attr-defined, no-any-return]
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[Manager]:
+        async with trio.open_nursery() as infra:
+            self.port = await infra.start(self.transport.serve, self)
+            self.log.info("serving RaftStep on port %d as server %d", self.port, self.server_id)
+            try:
+                async with PeerSender(
+                    self.transport,
+                    queue_size=self.config.peer_queue_size,
+                    timeout=self.config.raft_request_timeout,
+                ) as peers:
+                    self._peers = peers
+                    async with trio.open_nursery() as groups:
+                        self._groups_nursery = groups
+                        try:
+                            yield self
+                        finally:
+                            self._closing = True
+                            groups.cancel_scope.cancel()
+            finally:
+                self._groups_nursery = None
+                self._groups.clear()
+                self._notify_changed()
+                infra.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self.transport.aclose()
+
+    # ==========================================================================================
+    # Group types and groups
+    # ==========================================================================================
+    def register_group_type(self, group_type: str, params: RaftParams) -> None:
+        """Map a group type to the parameters of every group of that type."""
+        if group_type in self._group_types:
+            raise ValueError(f"group type {group_type!r} is already registered")
+        self._group_types[group_type] = params
+
+    def _params_for(self, group_type: str) -> RaftParams:
+        params = self._group_types.get(group_type or self.config.default_group_type)
+        if params is None:
+            raise ServerNotFound(f"unknown group type {group_type!r}")
+        return params
+
+    def _get(self, group_id: str) -> RaftGroup:
+        group = self._groups.get(group_id)
+        if group is None or group.stopped:
+            raise ServerNotFound(f"unknown group {group_id}")
+        return group
+
+    def group(self, group_id: str) -> GroupContext:
+        """The group's context (nuraft_mesg's repl_service_ctx).
+
+        Raises:
+            ServerNotFound: this node does not host the group.
+        """
+        return GroupContext(self._get(group_id))
+
+    @property
+    def group_ids(self) -> list[str]:
+        return [g for g, grp in self._groups.items() if not grp.stopped]
+
+    def lookup_state_manager(self, group_id: str) -> StateManager | None:
+        return self._state_mgrs.get(group_id)
+
+    async def _start_group(self, group_id: str, group_type: str, smgr: StateManager) -> RaftGroup:
+        if self._groups_nursery is None or self._peers is None or self._closing:
+            raise Cancelled("manager is not running")
+        try:
+            uuidlib.UUID(group_id)
+        except ValueError:
+            raise BadRequest(f"group id {group_id!r} is not a uuid") from None
+        params = self._params_for(group_type)
+        smgr.become_ready()
+        group = RaftGroup(
+            group_id=group_id,
+            group_type=group_type or self.config.default_group_type,
+            params=params,
+            state_mgr=smgr,
+            server_uuid=self.server_uuid,
+            server_id=self.server_id,
+            peers=self._peers,
+            logger=self.log,
+            on_change=self._notify_changed,
+            core_factory=self._core_factory,
+        )
+        scope = trio.CancelScope()
+
+        async def run_group(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await group.run(task_status=task_status)
+            if self._groups.get(group_id) is group:
+                del self._groups[group_id]
+                self._group_scopes.pop(group_id, None)
+
+        self._groups[group_id] = group
+        self._group_scopes[group_id] = scope
+        self._state_mgrs[group_id] = smgr
+        await self._groups_nursery.start(run_group)
+        return group
+
+    async def _ensure_group(
+        self, group_id: str, group_type: str, smgr: StateManager | None
+    ) -> RaftGroup:
+        lock = self._group_locks.setdefault(group_id, trio.Lock())
+        async with lock:
+            group = self._groups.get(group_id)
+            if group is not None and not group.stopped:
+                return group
+            if smgr is None:
+                smgr = self._state_mgrs.get(group_id) or self.app.create_state_mgr(
+                    self.server_id, group_id
+                )
+            return await self._start_group(group_id, group_type, smgr)
+
+    async def create_group(self, group_id: str, group_type: str) -> None:
+        """Create a group led by this node and wait until this node leads it.
+
+        The state manager comes from ``app.create_state_mgr``; its initial configuration
+        should list only this node, which then elects itself.
+
+        Raises:
+            ServerNotFound: unknown group type.  Cancelled: not leader within
+            ``leader_change_timeout`` (nuraft_mesg's CANCELLED).
+        """
+        group = await self._ensure_group(group_id, group_type, None)
+        if not group.is_leader:
+            await group.run_command(lambda core: core.election_timeout())
+        if not await self._wait(group, lambda: group.is_leader):
+            raise Cancelled(f"this node did not become leader of {group_id}")
+
+    async def join_group(self, group_id: str, group_type: str, state_mgr: StateManager) -> None:
+        """Start hosting a group from the caller's state manager (the restart path).  An
+        already hosted group is left as it is, like nuraft_mesg."""
+        self._state_mgrs.setdefault(group_id, state_mgr)
+        await self._ensure_group(group_id, group_type, self._state_mgrs[group_id])
+
+    async def leave_group(self, group_id: str) -> None:
+        """Stop the group and delete its persisted state (``permanent_destroy``).  A group this
+        node does not host is a no-op."""
+        group = self._groups.get(group_id)
+        if group is None:
+            self.log.debug("leave_group(%s): not hosted", group_id)
+            return
+        scope = self._group_scopes.get(group_id)
+        if scope is not None:
+            scope.cancel()
+        with trio.CancelScope(shield=True):
+            await group.wait_stopped()
+        self._groups.pop(group_id, None)
+        self._group_scopes.pop(group_id, None)
+        smgr = self._state_mgrs.pop(group_id, None)
+        if smgr is not None:
+            smgr.permanent_destroy()
+
+    async def _wait(self, group: RaftGroup, predicate: Callable[[], bool]) -> bool:
+        """Wait up to ``leader_change_timeout`` for ``predicate``; False if it never held."""
+        with trio.move_on_after(self.config.leader_change_timeout):
+            await group.wait_for(predicate)
+            return True
+        return False
+
+    @staticmethod
+    def _config_settled(group: RaftGroup) -> bool:
+        """No membership change in flight (so a new one will not get CONFIG_CHANGING)."""
+        core = group.core
+        return not core.is_leader or (not core.config_changing and core.joining_server is None)
+
+    # ==========================================================================================
+    # Membership and leadership
+    # ==========================================================================================
+    async def add_member(
+        self,
+        group_id: str,
+        peer: str | ServerConfig,
+        *,
+        priority: int = 1,
+        learner: bool = False,
+    ) -> None:
+        """Add a peer (by uuid, or a full ServerConfig) and wait until a committed
+        configuration holds it.  A membership change still in flight is waited out first
+        (up to ``leader_change_timeout``), so consecutive calls do not collide.
+
+        Raises:
+            ServerNotFound (unknown group), NotLeader, ConfigChanging, ServerIsJoining,
+            ServerAlreadyExists, Cancelled (not in the config within the timeout).
+        """
+        group = self._get(group_id)
+        if isinstance(peer, str):
+            try:
+                srv = ServerConfig(to_server_id(peer), peer, priority=priority, learner=learner)
+            except ValueError:
+                raise BadRequest(f"peer {peer!r} is not a uuid") from None
+        else:
+            srv = peer
+        group.learn_endpoint(srv.id, srv.endpoint)
+        await self._wait(group, lambda: self._config_settled(group))
+        await group.run_command(lambda core: core.add_server(srv))
+        if not await self._wait(group, lambda: srv.id in group.core.committed_config):
+            raise Cancelled(f"{srv.endpoint} did not join {group_id} in time")
+
+    async def rem_member(self, group_id: str, peer: str) -> None:
+        """Remove a peer from the group (does not wait for the change to commit)."""
+        group = self._get(group_id)
+        try:
+            sid = to_server_id(peer)
+        except ValueError:
+            raise BadRequest(f"peer {peer!r} is not a uuid") from None
+        await self._wait(group, lambda: self._config_settled(group))
+        await group.run_command(lambda core: core.remove_server(sid))
+
+    async def become_leader(self, group_id: str) -> None:
+        """Ask the current leader to hand leadership to this node and wait for it.
+
+        Raises:
+            Cancelled: unknown group, or the request was refused.  RaftTimeout: not leader
+            within ``leader_change_timeout``.
+        """
+        group = self._groups.get(group_id)
+        if group is None or group.stopped:
+            raise Cancelled(f"unknown group {group_id}")
+        if group.is_leader:
+            return
+        # A node that just (re)started may not have heard from the leader yet.
+        await self._wait(group, lambda: group.core.leader_id != NO_LEADER)
+        await group.run_command(lambda core: core.request_leadership())
+        if not await self._wait(group, lambda: group.is_leader):
+            raise RaftTimeout(f"did not become leader of {group_id} in time")
+
+    async def yield_leadership(self, group_id: str, target: str | None = None) -> None:
+        """On the leader: hand leadership to ``target`` (a uuid) or the best member."""
+        group = self._get(group_id)
+        tid = to_server_id(target) if target else None
+        await group.run_command(lambda core: core.yield_leadership(tid))
+
+    def get_srv_config_all(self, group_id: str) -> list[ServerConfig]:
+        """Every server of the group's current configuration ([] for an unknown group)."""
+        group = self._groups.get(group_id)
+        if group is None:
+            self.log.warning("get_srv_config_all: unknown group %s", group_id)
+            return []
+        return list(group.core.config.servers)
+
+    def append_peers(self, group_id: str) -> list[str]:
+        """Peer uuids from the group's *persisted* configuration."""
+        smgr = self._state_mgrs.get(group_id)
+        if smgr is None:
+            return []
+        return [s.endpoint for s in smgr.load_config().servers]
+
+    def logstore_id(self, group_id: str) -> int:
+        smgr = self._state_mgrs.get(group_id)
+        return smgr.get_logstore_id() if smgr is not None else 0xFFFFFFFF
+
+    # ==========================================================================================
+    # Writes
+    # ==========================================================================================
+    async def append_entries(self, group_id: str, entries: Sequence[bytes]) -> list[bytes]:
+        """Replicate ``entries``; return the state machine's results once they are committed
+        and applied on this node.
+
+        On a follower the entries are forwarded to the leader when the group type has
+        ``auto_forwarding``; otherwise :class:`NotLeader` names the leader.
+
+        Raises:
+            ServerNotFound, NotLeader, RaftTimeout (not applied within
+            ``client_request_timeout``; the entries may still commit), TermMismatch (another
+            leader replaced them: they will never commit).
+        """
+        group = self._get(group_id)
+        data = [bytes(e) for e in entries]
+        try:
+            prop, slot = await group.propose(data)
+        except NotLeader as exc:
+            if not group.params.auto_forwarding or exc.leader_id == NO_LEADER:
+                raise
+            prop, leader_result = await self._forward(group, exc.leader_id, data)
+            slot = group.watch_apply(prop, known_results=[leader_result])
+        with trio.move_on_after(self.config.client_request_timeout):
+            return await slot.wait()
+        raise RaftTimeout(f"entries {prop.first_index}..{prop.last_index} not applied in time")
+
+    async def _forward(
+        self, group: RaftGroup, leader: int, data: list[bytes]
+    ) -> tuple[Proposal, bytes]:
+        """Send a client_request to the leader; it answers once the entries are committed
+        and applied there (with the last entry's result in ``context``)."""
+        leader_uuid = group.endpoint_of(leader)
+        if not leader_uuid:
+            raise NotLeader(leader)
+        msg = Message(
+            MsgType.CLIENT_REQUEST,
+            0,
+            self.server_id,
+            leader,
+            entries=tuple(LogEntry(0, LogType.APP, d) for d in data),
+        )
+        env = GroupEnvelope(group.group_id, group.group_type, leader_uuid, msg)
+        try:
+            reply = await self.transport.call(
+                leader_uuid, env, timeout=self.config.client_request_timeout
+            )
+        except TransportError as exc:
+            raise RaftError.for_code(exc.code, f"forwarding to the leader failed: {exc}") from None
+        resp = reply.message
+        if not resp.accepted:
+            raise RaftError.for_code(resp.result_code, "the leader refused the request",
+                                     leader_id=resp.dest)
+        last = resp.next_index - 1
+        return Proposal(resp.term, last - len(data) + 1, last), resp.context
+
+    # ==========================================================================================
+    # The RaftStep server side
+    # ==========================================================================================
+    async def raft_step(self, request: GroupEnvelope) -> GroupEnvelope:
+        """Route one incoming RaftStep to its group (nuraft_mesg's proto_service)."""
+        msg = request.message
+        if not msg.type.is_request:
+            raise StepError(Status.INVALID_ARGUMENT, f"{msg.type.name} is not a request")
+        group = self._groups.get(request.group_id)
+        if group is None or group.stopped:
+            if msg.type != MsgType.JOIN_CLUSTER_REQUEST or self._closing:
+                raise StepError(Status.NOT_FOUND, f"Missing RAFT group {request.group_id}")
+            try:
+                group = await self._ensure_group(request.group_id, request.group_type, None)
+            except RaftError as exc:
+                raise StepError(Status.NOT_FOUND, f"cannot create group: {exc}") from None
+        started = trio.current_time()
+        try:
+            reply = await group.handle_request(msg)
+        except RaftError as exc:
+            raise StepError(Status.CANCELLED, f"Server rejected request: {exc}") from None
+        if msg.type == MsgType.APPEND_ENTRIES_REQUEST:
+            group.record_append_latency(trio.current_time() - started)
+        if msg.type == MsgType.CLIENT_REQUEST and reply.accepted:
+            # Answer forwarded and external writes once they are committed and applied here,
+            # so "accepted" means durable on a quorum (NuRaft's blocking return mode).
+            last = reply.next_index - 1
+            prop = Proposal(reply.term, last - len(msg.entries) + 1, last)
+            slot = group.watch_apply(prop)
+            with trio.move_on_after(self.config.client_request_timeout):
+                try:
+                    results = await slot.wait()
+                except RaftError as exc:
+                    reply = Message(reply.type, reply.term, reply.src, reply.dest,
+                                    result_code=exc.code)
+                else:
+                    reply = Message(reply.type, reply.term, reply.src, reply.dest,
+                                    next_index=reply.next_index, accepted=True,
+                                    context=results[-1] if results else b"")
+                return self._envelope(group, reply)
+            reply = Message(reply.type, reply.term, reply.src, reply.dest,
+                            result_code=ResultCode.TIMEOUT)
+        return self._envelope(group, reply)
+
+    def _envelope(self, group: RaftGroup, reply: Message) -> GroupEnvelope:
+        dest_addr = ""
+        if not reply.accepted and reply.dest != NO_LEADER:
+            dest_addr = group.endpoint_of(reply.dest)
+        return GroupEnvelope(group.group_id, "", "", reply, dest_addr=dest_addr)
