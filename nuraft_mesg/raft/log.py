@@ -129,6 +129,33 @@ class RaftLog:
         if index > self.persisted and self.term_at(index) == term:
             self.persisted = min(index, self.unstable_from - 1)
 
+    def restore(self, index: int, term: int) -> bool:
+        """Make the log start after an installed snapshot ending at ``(index, term)``.
+
+        Raft §7: if the log holds that entry, the entries after it are kept; otherwise the
+        whole log is discarded.  Returns whether entries were kept.  Everything up to
+        ``index`` counts as durable (the snapshot is).  ``truncated_from`` then tells the
+        runtime to drop what its store holds after ``index`` that this log no longer has.
+        """
+        if index <= self.boundary_index:
+            raise ValueError("a snapshot must end beyond the log boundary")
+        keep = self.term_at(index) == term
+        if keep:
+            del self._entries[: index - self.boundary_index]
+        else:
+            self._entries = []
+        self.boundary_index = index
+        self.boundary_term = term
+        if not keep or 0 < self.truncated_from <= index:
+            self.truncated_from = index + 1
+        if keep:
+            self.persisted = max(self.persisted, index)
+            self.unstable_from = max(self.unstable_from, index + 1)
+        else:
+            self.persisted = index
+            self.unstable_from = index + 1
+        return keep
+
     def compact(self, up_to: int) -> None:
         """Forget entries <= ``up_to`` (they are in a snapshot)."""
         if up_to <= self.boundary_index:

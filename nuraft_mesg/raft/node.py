@@ -9,7 +9,9 @@ number it was not handed.  Its inputs are method calls:
 * :meth:`election_timeout` / :meth:`heartbeat_timeout` -- the runtime's timers fired;
 * :meth:`propose`, :meth:`add_server`, :meth:`remove_server`, :meth:`update_server`,
   :meth:`yield_leadership`, :meth:`request_leadership` -- local requests;
-* :meth:`advance` -- "the Ready you gave me is durable".
+* :meth:`advance` -- "the Ready you gave me is durable";
+* :meth:`snapshot_taken`, :meth:`send_snapshot_chunk` -- the runtime created a snapshot, or
+  read a snapshot object a Ready asked for.
 
 Its output is a :class:`~nuraft_mesg.raft.ready.Ready` (see that module for the runtime's
 loop).  Every decision that could be unsafe if a crash followed is ordered by the Ready:
@@ -25,7 +27,9 @@ elections with NuRaft's target-priority decay; batched, pipelined replication wi
 fast backtracking; commit only by counting replicas of current-term entries (Raft §5.4.2);
 single-server membership changes effective on append, with a catch-up phase for new
 servers (NuRaft's join), learners and promotion; removal of the leader; leadership transfer
-(yield and request); client-request handling for forwarded and external requests.
+(yield and request); client-request handling for forwarded and external requests; snapshots
+(log compaction behind them, and install_snapshot of NuRaft's logical snapshot objects to
+followers behind the log start).
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ from nuraft_mesg.raft.ready import (
     RemovedFromCluster,
     TimerCommand,
 )
+from nuraft_mesg.raft.snapshot import (
+    SnapshotChunk,
+    SnapshotRead,
+    decode_snapshot_reply,
+    encode_snapshot_reply,
+)
 from nuraft_mesg.raft.types import (
     ClusterConfig,
     HardState,
@@ -70,6 +80,7 @@ from nuraft_mesg.raft.types import (
     MsgType,
     NotificationType,
     ServerConfig,
+    SnapshotMeta,
 )
 
 __all__ = ["Progress", "Proposal", "RaftNode", "ReplState", "Role"]
@@ -81,6 +92,13 @@ FORCE_VOTE = b"force_vote"
 
 NO_LEADER = -1
 NO_VOTE = -1
+
+#: How far ahead of ours a received message's term may be.  A node that adopted a term near
+#: the end of the wire's range (2**63 - 1) could never hold another election (its vote
+#: requests would not encode), so one forged message could silence a group for good.  No
+#: replica falls 2**32 elections behind its group, so a bigger jump is hostile or corrupt and
+#: the message is refused; reaching the end of the range takes 2**31 forged messages.
+MAX_TERM_JUMP = 1 << 32
 
 
 class Role(enum.Enum):
@@ -95,6 +113,8 @@ class ReplState(enum.Enum):
     """Unknown match: one append at a time, backtracking on rejection."""
     REPLICATE = "replicate"
     """Known match: up to ``max_inflight_appends`` appends pipelined."""
+    SNAPSHOT = "snapshot"
+    """Behind the log start: receiving the leader's latest snapshot, one object at a time."""
 
 
 @dataclass(slots=True)
@@ -114,12 +134,23 @@ class Progress:
     recent_active: bool = False
     silent_ticks: int = 0  # heartbeat ticks since the follower last answered
     joining: bool = False
+    join_accepted: bool = False  # a joiner accepted our invitation: replicate to it
+    # SNAPSHOT state: the snapshot in transfer, the object last requested from the runtime
+    # (being read, or in flight), whether that read is outstanding, the highest object sent
+    # and the last object's id once known (-1: not yet).
+    snapshot: SnapshotMeta | None = None
+    snapshot_obj: int = 0
+    snapshot_reading: bool = False
+    snapshot_sent_max: int = -1
+    snapshot_last_obj: int = -1
 
     def become_probe(self) -> None:
         self.state = ReplState.PROBE
         self.next = self.match + 1
         self.inflight.clear()
         self.probe_sent = False
+        self.snapshot = None
+        self.snapshot_reading = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -146,6 +177,7 @@ class RaftNode:
         log_start_index: int = 1,
         log_boundary_term: int = 0,
         applied_index: int = 0,
+        snapshot: SnapshotMeta | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """Build a replica from what its runtime loaded from durable storage.
@@ -156,6 +188,9 @@ class RaftNode:
             entries: the durable log, starting at ``log_start_index``.
             applied_index: the state machine's ``last_commit_index()``; entries up to it are
                 not handed out for applying again.
+            snapshot: the state machine's latest snapshot (``last_snapshot()``), if any: what
+                followers behind the log start are sent.  If the log does not hold its last
+                entry (a crash while installing it), the log restarts after it.
             rng: the only source of randomness (election timeouts).  Pass a seeded one for
                 reproducible runs.
         """
@@ -164,6 +199,16 @@ class RaftNode:
         self._rng = rng if rng is not None else random.Random()
         hs = hard_state or HardState()
         self.log = RaftLog(entries, start_index=log_start_index, boundary_term=log_boundary_term)
+        self._snapshot = snapshot
+        self._compact_to: tuple[int, int] | None = None
+        if (snapshot is not None and snapshot.last_index > self.log.boundary_index
+                and self.log.term_at(snapshot.last_index) != snapshot.last_term):
+            # A crash while installing a snapshot: the state machine holds it, the log store
+            # does not reflect it yet.  The log restarts after it; the store follows (Ready).
+            self.log.restore(snapshot.last_index, snapshot.last_term)
+            self._compact_to = (snapshot.last_index, snapshot.last_term)
+        if snapshot is not None and snapshot.config.log_idx > config.log_idx:
+            config = snapshot.config
         self.term = hs.term
         self.vote = hs.vote
         # What the state machine applied was committed, even if the saved commit lags.
@@ -203,6 +248,12 @@ class RaftNode:
         self._election_timer: TimerCommand | None = None
         self._heartbeat_timer: TimerCommand | None = None
         self._config_to_save: ClusterConfig | None = None
+        self._snapshot_reads: list[SnapshotRead] = []
+        self._snapshot_chunks: list[SnapshotChunk] = []
+        self._snapshot_to_install: SnapshotMeta | None = None
+        # Follower: the snapshot being received and the next object it needs.
+        self._recv_snapshot: SnapshotMeta | None = None
+        self._recv_next = 0
         self._emitted_hs = hs
         self._durable_hs = hs
         self._outstanding: Ready | None = None
@@ -241,6 +292,36 @@ class RaftNode:
     def joining_server(self) -> ServerConfig | None:
         return self._joiner
 
+    @property
+    def snapshot(self) -> SnapshotMeta | None:
+        """The latest snapshot this node's state machine holds (taken or installed)."""
+        return self._snapshot
+
+    def config_at(self, index: int) -> ClusterConfig:
+        """The configuration in effect at ``index`` (at or after the log boundary)."""
+        for cfg in reversed(self._configs):
+            if cfg.log_idx <= index:
+                return cfg
+        # The committed base is newer than ``index``: look for the CONFIG entry before it.
+        lo = self.log.start_index
+        for idx in range(min(index, self.log.last_index), lo - 1, -1):
+            entry = self.log.entry(idx)
+            if entry.type == LogType.CONFIG:
+                return ClusterConfig.decode(entry.buffer).at_index(idx)
+        snap = self._snapshot
+        if snap is not None and lo - 1 <= snap.last_index <= index:
+            return snap.config
+        return self._configs[0]
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """What a snapshot of the state as of the applied entry ``index`` is described by
+        (the runtime passes it to ``create_snapshot``, then to :meth:`snapshot_taken`)."""
+        term = self.log.term_at(index)
+        if term is None or not 0 < index <= self.applied:
+            raise ValueError(f"cannot snapshot at {index} (applied {self.applied}, log "
+                             f"[{self.log.start_index}, {self.log.last_index}])")
+        return SnapshotMeta(index, term, self.config_at(index))
+
     def _is_voter(self, node_id: int | None = None) -> bool:
         srv = self.config.get(self.id if node_id is None else node_id)
         return srv is not None and not srv.learner
@@ -272,6 +353,10 @@ class RaftNode:
             or self._heartbeat_timer is not None
             or self._config_to_save is not None
             or self._pending_broadcast
+            or self._snapshot_reads
+            or self._snapshot_chunks
+            or self._snapshot_to_install is not None
+            or self._compact_to is not None
             or self.log.unstable_from <= self.log.last_index
             or self.log.truncated_from
             or self.hard_state != self._emitted_hs
@@ -306,6 +391,11 @@ class RaftNode:
         rd.election_timer, self._election_timer = self._election_timer, None
         rd.heartbeat_timer, self._heartbeat_timer = self._heartbeat_timer, None
         rd.config_to_save, self._config_to_save = self._config_to_save, None
+        rd.snapshot_reads, self._snapshot_reads = self._snapshot_reads, []
+        rd.snapshot_chunks, self._snapshot_chunks = self._snapshot_chunks, []
+        rd.snapshot_to_install, self._snapshot_to_install = self._snapshot_to_install, None
+        if self._compact_to is not None:
+            (rd.compact_to, rd.compact_term), self._compact_to = self._compact_to, None
         self._outstanding = rd
         return rd
 
@@ -555,11 +645,60 @@ class RaftNode:
         )
 
     # ==========================================================================================
+    # Snapshots: inputs from the runtime
+    # ==========================================================================================
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
+        """The runtime had the state machine create ``meta`` (from :meth:`snapshot_meta`; at
+        or below the applied index).  It becomes the snapshot sent to lagging followers, and
+        the log is compacted up to ``reserved_log_items`` entries behind it (the Ready's
+        ``compact_to`` then tells the runtime to compact its log store)."""
+        index = meta.last_index
+        if not 0 < index <= self.applied or self.log.term_at(index) not in (None, meta.last_term):
+            raise ValueError(f"snapshot at {index}/{meta.last_term} does not match the applied "
+                             f"log (applied {self.applied})")
+        if self._snapshot is not None and index <= self._snapshot.last_index:
+            return
+        self._snapshot = meta
+        # Reads not handed out yet are of the replaced snapshot: restart those transfers.
+        stale = [r.peer for r in self._snapshot_reads if r.meta != meta]
+        self._snapshot_reads = [r for r in self._snapshot_reads if r.meta == meta]
+        for peer in stale:
+            if peer in self.progress and self.progress[peer].state == ReplState.SNAPSHOT:
+                self._request_snapshot_read(peer, 0)
+        upto = min(index - self.params.reserved_log_items, self.log.persisted, self.applied)
+        if upto > self.log.boundary_index:
+            self.log.compact(upto)
+            self._compact_to = (upto, self.log.boundary_term)
+
+    def send_snapshot_chunk(self, peer: int, meta: SnapshotMeta, obj_id: int, data: bytes,
+                            is_last: bool) -> None:
+        """The runtime read object ``obj_id`` of ``meta`` (a ``Ready.snapshot_reads`` item)
+        from the state machine: send it to ``peer``.  Ignored if the transfer moved on."""
+        pr = self.progress.get(peer)
+        if (self.role != Role.LEADER or pr is None or pr.state != ReplState.SNAPSHOT
+                or not pr.snapshot_reading or pr.snapshot != meta or pr.snapshot_obj != obj_id):
+            return
+        pr.snapshot_reading = False
+        pr.snapshot_sent_max = max(pr.snapshot_sent_max, obj_id)
+        if is_last:
+            pr.snapshot_last_obj = obj_id
+        # Resent only after a whole heartbeat interval without an answer.
+        pr.acked_since_tick = True
+        chunk = SnapshotChunk(meta, obj_id, bytes(data), is_last)
+        self._send(chunk.to_message(self.term, self.id, peer, self.commit))
+
+    # ==========================================================================================
     # Receiving messages
     # ==========================================================================================
     def step(self, m: Message) -> None:
         """Process one received message.  Every request is answered by exactly one response
         in a later Ready (the transport returns it as the RPC's reply)."""
+        if m.term > self.term + MAX_TERM_JUMP:
+            log.error("node %d: refusing %s from %d with term %d (ours is %d)", self.id,
+                      m.type.name, m.src, m.term, self.term)
+            if m.type.is_request:
+                self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
+            return
         if m.type.is_request:
             self._step_request(m)
         else:
@@ -601,6 +740,15 @@ class RaftNode:
             return
         if m.term > self.term:
             self._become_follower(m.term, m.src if t in _LEADER_REQUESTS else NO_LEADER)
+        elif t in _LEADER_REQUESTS and self.leader_id not in (NO_LEADER, m.src):
+            # Election Safety: one leader per term.  A second server acting as leader of a
+            # term whose leader we know is broken or hostile; it must not touch our log or
+            # membership (an append of its would be committed here and contradict the real
+            # leader's entries at the same index and term).
+            log.error("node %d: %s from %d, but %d leads term %d", self.id, t.name, m.src,
+                      self.leader_id, self.term)
+            self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
+            return
         if t == MsgType.APPEND_ENTRIES_REQUEST:
             self._handle_append(m)
         elif t == MsgType.JOIN_CLUSTER_REQUEST:
@@ -611,8 +759,10 @@ class RaftNode:
             self._handle_notification(m)
         elif t == MsgType.PING_REQUEST:
             self._reply(m, accepted=True, next_index=self.log.last_index + 1)
+        elif t == MsgType.INSTALL_SNAPSHOT_REQUEST:
+            self._handle_install_snapshot(m)
         else:
-            # install_snapshot arrives with durable storage; the rest NuRaft uses internally.
+            # The rest NuRaft uses internally.
             self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
 
     def _step_response(self, m: Message) -> None:
@@ -634,6 +784,8 @@ class RaftNode:
             return
         elif m.type == MsgType.APPEND_ENTRIES_RESPONSE:
             self._handle_append_response(m)
+        elif m.type == MsgType.INSTALL_SNAPSHOT_RESPONSE:
+            self._handle_snapshot_response(m)
         elif m.type == MsgType.JOIN_CLUSTER_RESPONSE:
             self._handle_join_response(m)
         elif m.type in (MsgType.CUSTOM_NOTIFICATION_RESPONSE, MsgType.LEAVE_CLUSTER_RESPONSE,
@@ -643,6 +795,15 @@ class RaftNode:
                 pr.recent_active = True
 
     # -- elections ---------------------------------------------------------------------------
+    def _behind_base(self) -> bool:
+        """We adopted our committed configuration from a leader's invitation (a join with an
+        empty log) and do not hold the log up to it yet.  Such a replica cannot tell whether
+        a candidate is up to date -- any log beats its own -- so it grants no (pre-)vote: a
+        member removed while cut off, still using a configuration the group has left, would
+        otherwise win with our vote (a member added back with a wiped log breaks Raft's
+        single-server-change argument, which needs the old majority to keep its logs)."""
+        return self.log.last_index < self._committed_config.log_idx
+
     def _in_lease(self, m: Message) -> bool:
         """Check-quorum's other half: while we hear from a live leader we refuse to help
         anyone depose it, unless the leader itself asked (leadership transfer)."""
@@ -656,7 +817,7 @@ class RaftNode:
 
     def _handle_pre_vote(self, m: Message) -> None:
         up_to_date = self.log.is_up_to_date(m.last_log_term, m.last_log_index)
-        if m.term <= self.term or self._in_lease(m) or not up_to_date:
+        if m.term <= self.term or self._in_lease(m) or not up_to_date or self._behind_base():
             self._reply(m, accepted=False)
             return
         # Pre-votes change nothing here; the term in a grant is the candidate's future term.
@@ -671,7 +832,8 @@ class RaftNode:
             return
         if m.term > self.term:
             self._become_follower(m.term, NO_LEADER)
-        can_vote = self.vote in (NO_VOTE, m.src) and self.leader_id in (NO_LEADER, m.src)
+        can_vote = (self.vote in (NO_VOTE, m.src) and self.leader_id in (NO_LEADER, m.src)
+                    and not self._behind_base())
         if can_vote and self.log.is_up_to_date(m.last_log_term, m.last_log_index):
             self.vote = m.src
             self._reset_election_timer()
@@ -765,6 +927,7 @@ class RaftNode:
         self._set_role(Role.FOLLOWER, leader)
         if was == Role.LEADER:
             self._heartbeat_timer = TimerCommand(0)
+            self._snapshot_reads = []  # transfers end with our leadership
             self.progress = {}
             self._transfer_target = None
             self._joiner = None
@@ -845,12 +1008,92 @@ class RaftNode:
                 self._drop_configs_from(index)
             self.log.append(entries[k:])
             for cfg in new_configs:
-                if cfg.log_idx >= index:
+                if cfg.log_idx >= index and cfg.log_idx > self._committed_config.log_idx:
                     self._push_config(cfg)
         last_new = prev + len(entries)
         if m.commit_index > self.commit:
             self._set_commit(min(m.commit_index, last_new))
         self._reply(m, accepted=True, next_index=last_new + 1)
+
+    # -- followers: install snapshot ---------------------------------------------------------
+    def _handle_install_snapshot(self, m: Message) -> None:
+        """One object of the leader's snapshot (Raft §7, NuRaft's logical snapshot objects):
+        staged by the runtime in order; the last one installs the snapshot.  Every answer
+        leaves after persist, so an object is acknowledged only once it is staged."""
+        if self.role == Role.LEADER:
+            log.error("node %d: install_snapshot from %d in our own term %d", self.id, m.src,
+                      m.term)
+            self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
+            return
+        try:
+            chunk = SnapshotChunk.from_message(m)
+        except BadRequest as exc:
+            log.warning("node %d: bad install_snapshot from %d: %s", self.id, m.src, exc)
+            self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
+            return
+        self._accept_leader(m)
+        meta = chunk.meta
+        index = meta.last_index
+        if index <= self.commit:
+            # Already there (a duplicate, or the leader's view of us is stale).
+            self._reply(m, accepted=True, next_index=index + 1,
+                        context=encode_snapshot_reply(index, True))
+            return
+        if self._snapshot_to_install is not None:
+            # One install per Ready: ask for this one again from the start, later.
+            self._reply(m, accepted=True, next_index=0,
+                        context=encode_snapshot_reply(index, False))
+            return
+        if chunk.obj_id == 0:
+            self._recv_snapshot = meta
+            self._recv_next = 0
+        if self._recv_snapshot != meta or chunk.obj_id != self._recv_next:
+            # Out of order: a stale duplicate, or the middle of a transfer we have no staged
+            # part of (we restarted, or it is another snapshot): say which object we need.
+            need = self._recv_next if self._recv_snapshot == meta else 0
+            self._reply(m, accepted=True, next_index=need,
+                        context=encode_snapshot_reply(index, False))
+            return
+        self._snapshot_chunks.append(chunk)
+        self._recv_next = chunk.obj_id + 1
+        if not chunk.is_last:
+            self._reply(m, accepted=True, next_index=self._recv_next,
+                        context=encode_snapshot_reply(index, False))
+            return
+        self._install_snapshot(meta)
+        self._reply(m, accepted=True, next_index=index + 1,
+                    context=encode_snapshot_reply(index, True))
+
+    def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """The whole snapshot is staged: it replaces the log up to its last entry (keeping the
+        entries after it if the log holds that entry, Raft §7), its configuration becomes the
+        committed one, and commit = applied = its last index.  The runtime applies it to the
+        state machine and resets its log store before anything of this Ready is persisted."""
+        index = meta.last_index
+        prev = self.config
+        kept = self.log.restore(index, meta.last_term)
+        self._configs = [meta.config]
+        if kept:
+            tail = self.log.slice(index + 1, self.log.last_index + 1)
+            for offset, entry in enumerate(tail):
+                if entry.type == LogType.CONFIG:
+                    idx = index + 1 + offset
+                    self._configs.append(ClusterConfig.decode(entry.buffer).at_index(idx))
+        self._committed_config = meta.config
+        self._config_to_save = meta.config
+        self.commit = index
+        self.applied = index
+        self._snapshot = meta
+        self._recv_snapshot = None
+        self._recv_next = 0
+        self._snapshot_to_install = meta
+        if not self.config.same_members(prev):
+            self._events.append(NewConfig(self.config, committed=len(self._configs) == 1))
+        if self.removed and self.id in meta.config:
+            self.removed = False
+            self._reset_election_timer()
+        log.info("node %d: installed snapshot %d/%d (kept %d entries after it)", self.id,
+                 index, meta.last_term, self.log.last_index - index)
 
     def _handle_join(self, m: Message) -> None:
         """A leader invites us (NuRaft's join_cluster).  We adopt its configuration as our
@@ -868,7 +1111,13 @@ class RaftNode:
         self.removed = False
         self._invited_after = m.last_log_index
         if self.log.last_index == self.log.boundary_index:
-            base = ClusterConfig(leader_config.servers, log_idx=self.log.boundary_index)
+            # Keep the index the leader's (committed) configuration was appended at: the
+            # entries up to there that we are about to replay are history, and an older
+            # configuration among them must not take effect here (the group's first one
+            # lists only its creator: the creator added back with an empty log would elect
+            # itself).  Replay skips configurations at or below the committed base's index.
+            base = ClusterConfig(leader_config.servers,
+                                 log_idx=max(leader_config.log_idx, self.log.boundary_index))
             self._configs = [base]
             self._committed_config = base
             self._config_to_save = base
@@ -940,6 +1189,18 @@ class RaftNode:
     def _broadcast_append(self, *, heartbeat: bool) -> None:
         for peer in sorted(self.progress):
             pr = self.progress[peer]
+            if pr.state == ReplState.SNAPSHOT:
+                if heartbeat:
+                    if not pr.acked_since_tick:
+                        # No answer for a whole interval: send the awaited object again.
+                        self._request_snapshot_read(peer, pr.snapshot_obj)
+                    pr.acked_since_tick = False
+                continue
+            if pr.joining and not pr.join_accepted:
+                # Not before it accepts our invitation: if that was lost, the server may be a
+                # stale replica that would catch up as an old member and, seeing its own
+                # removal committed, leave -- while we count its acknowledgements as a join.
+                continue
             if heartbeat:
                 if pr.state == ReplState.REPLICATE and pr.inflight and not pr.acked_since_tick:
                     pr.become_probe()  # nothing came back for a whole interval: assume loss
@@ -972,6 +1233,8 @@ class RaftNode:
     def _send_append(self, peer: int) -> bool:
         """Send entries to ``peer`` if its progress allows; True if anything was sent."""
         pr = self.progress[peer]
+        if pr.state == ReplState.SNAPSHOT:
+            return False
         sent = False
         while pr.next <= self.log.last_index or (pr.state == ReplState.PROBE and not pr.probe_sent):
             if pr.state == ReplState.PROBE and pr.probe_sent:
@@ -982,9 +1245,8 @@ class RaftNode:
             prev = pr.next - 1
             prev_term = self.log.term_at(prev)
             if prev_term is None:
-                # Behind our log start: needs a snapshot (arrives with durable storage).
-                log.warning("node %d: peer %d needs a snapshot", self.id, peer)
-                break
+                # Behind our log start: it needs our snapshot.
+                return self._start_snapshot(peer) or sent
             entries = self._batch(pr.next)
             self._send(
                 Message(
@@ -1022,6 +1284,8 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
+        if pr.state == ReplState.SNAPSHOT:
+            return  # an answer to an append sent before the transfer began
         if not m.accepted or m.next_index - 1 > pr.match:
             # Progress (or a rejection, which re-probes anyway).  An ack of a heartbeat,
             # which is anchored at ``match``, is not: else a lost append in REPLICATE state
@@ -1070,6 +1334,77 @@ class RaftNode:
             pr.next = max(pr.match + 1, min(hint + 1, pr.next - 1))
         if m.src in self.progress:
             self._send_append(m.src)
+
+    # -- leaders: snapshot transfer -----------------------------------------------------------
+    def _start_snapshot(self, peer: int) -> bool:
+        snap = self._snapshot
+        pr = self.progress[peer]
+        if snap is None or snap.last_index < self.log.boundary_index:
+            log.warning("node %d: peer %d is behind our log start and we have no snapshot",
+                        self.id, peer)
+            return False
+        log.info("node %d: sending snapshot %d/%d to peer %d", self.id, snap.last_index,
+                 snap.last_term, peer)
+        pr.state = ReplState.SNAPSHOT
+        pr.inflight.clear()
+        pr.probe_sent = False
+        pr.snapshot = snap
+        pr.snapshot_sent_max = -1
+        pr.snapshot_last_obj = -1
+        self._request_snapshot_read(peer, 0)
+        return True
+
+    def _request_snapshot_read(self, peer: int, obj_id: int) -> None:
+        """Ask the runtime to read object ``obj_id`` of the snapshot in transfer to ``peer``
+        (it answers with :meth:`send_snapshot_chunk`).  A transfer whose snapshot was replaced
+        by a newer one restarts with it: the state machine serves only its latest."""
+        pr = self.progress[peer]
+        if pr.snapshot != self._snapshot:
+            pr.snapshot = self._snapshot
+            pr.snapshot_sent_max = -1
+            pr.snapshot_last_obj = -1
+            obj_id = 0
+        assert pr.snapshot is not None
+        pr.snapshot_obj = obj_id
+        pr.snapshot_reading = True
+        self._snapshot_reads.append(SnapshotRead(peer, pr.snapshot, obj_id))
+
+    def _handle_snapshot_response(self, m: Message) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        reply = decode_snapshot_reply(m.context)
+        if not m.accepted or reply is None:
+            log.warning("node %d: peer %d refused a snapshot object: %s", self.id, m.src,
+                        m.result_code.name)
+            return
+        index, done = reply
+        if done:
+            if index > self.log.last_index:
+                return  # not a snapshot of ours
+            pr.acked_since_tick = True
+            pr.match = max(pr.match, index)
+            if pr.state == ReplState.SNAPSHOT:
+                log.info("node %d: peer %d installed snapshot %d", self.id, m.src, index)
+                pr.become_probe()
+            else:
+                pr.next = max(pr.next, pr.match + 1)
+            self._maybe_commit()
+            self._maybe_send_takeover()
+            self._maybe_finish_join()
+            if m.src in self.progress:
+                self._send_append(m.src)
+            return
+        snap = pr.snapshot
+        if pr.state != ReplState.SNAPSHOT or snap is None or snap.last_index != index:
+            return  # about a transfer that is over
+        want = m.next_index
+        exists = pr.snapshot_last_obj < 0 or want <= pr.snapshot_last_obj
+        if not 0 <= want <= pr.snapshot_sent_max + 1 or not exists or want == pr.snapshot_obj:
+            return  # a duplicate answer, or an object never offered
+        pr.acked_since_tick = True
+        self._request_snapshot_read(m.src, want)
 
     def _maybe_commit(self) -> None:
         voters = self.config.voters
@@ -1213,6 +1548,7 @@ class RaftNode:
             return
         pr = self.progress[m.src]
         pr.recent_active = True
+        pr.join_accepted = True
         pr.next = max(1, min(m.next_index, self.log.last_index + 1))
         pr.probe_sent = False
         self._send_append(m.src)

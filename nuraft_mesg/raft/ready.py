@@ -5,10 +5,15 @@ The runtime's loop is always the same (and the core enforces the order)::
     node.step(msg)  /  node.election_timeout()  /  node.heartbeat_timeout()  /  node.propose(...)
     ready = node.ready()
     send(ready.messages)                       # may leave at once
+    chunks = read(ready.snapshot_reads)        # leader: snapshot objects, from the state machine
+    stage(ready.snapshot_chunks)               # follower: received snapshot objects
+    install(ready.snapshot_to_install)         # follower: state machine, then log store reset
+    compact(ready.compact_to, ready.compact_term)
     persist(ready.truncate_from, ready.entries, ready.hard_state)   # durably
     send(ready.messages_after_persist)         # only now: they promise what was persisted
     apply(ready.committed)                     # entries already durable here and committed
     node.advance(ready)                        # "persisted up to ready.last_index"
+    node.send_snapshot_chunk(...) for each chunk read above
 
 Splitting the messages is how persistence ordering is made structural rather than advice
 (Raft thesis §3.8; etcd-io/raft's ``msgsAfterAppend``): a vote, or an append acknowledgement,
@@ -19,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, Message
+from nuraft_mesg.raft.snapshot import SnapshotChunk, SnapshotRead
+from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, Message, SnapshotMeta
 
 __all__ = [
     "BecomeFollower",
@@ -29,6 +35,8 @@ __all__ = [
     "NewConfig",
     "Ready",
     "RemovedFromCluster",
+    "SnapshotChunk",
+    "SnapshotRead",
     "TimerCommand",
     "CommittedEntry",
 ]
@@ -130,6 +138,27 @@ class Ready:
     heartbeat_timer: TimerCommand | None = None
     events: list[Event] = field(default_factory=list)
 
+    snapshot_reads: list[SnapshotRead] = field(default_factory=list)
+    """Leader: snapshot objects to read from the state machine (``read_snapshot_chunk``) and
+    hand back with ``RaftNode.send_snapshot_chunk`` (after :meth:`~RaftNode.advance`)."""
+
+    snapshot_chunks: list[SnapshotChunk] = field(default_factory=list)
+    """Follower: received snapshot objects to stage (``save_snapshot_chunk``), in order,
+    before ``snapshot_to_install`` and before ``messages_after_persist``."""
+
+    snapshot_to_install: SnapshotMeta | None = None
+    """Follower: the staged snapshot is complete.  Before anything else is persisted: apply
+    it to the state machine, then make the log store start after it (drop a stored entry at
+    ``last_index`` whose term is not ``last_term``, then ``compact(last_index, last_term)``);
+    its config comes in ``config_to_save``, the commit in ``hard_state``.  Entries in
+    ``committed`` follow it."""
+
+    compact_to: int = 0
+    """If > 0: a snapshot covers the log up to here; ``LogStore.compact(compact_to,
+    compact_term)`` (entries up to it are durable already)."""
+
+    compact_term: int = 0
+
     @property
     def last_index(self) -> int:
         """Index of the last entry to persist (``first_index - 1`` when there is none)."""
@@ -137,7 +166,14 @@ class Ready:
 
     @property
     def must_persist(self) -> bool:
-        return bool(self.entries) or self.hard_state is not None or self.truncate_from > 0
+        return (
+            bool(self.entries)
+            or self.hard_state is not None
+            or self.truncate_from > 0
+            or bool(self.snapshot_chunks)
+            or self.snapshot_to_install is not None
+            or self.compact_to > 0
+        )
 
     def is_empty(self) -> bool:
         return not (
@@ -149,4 +185,8 @@ class Ready:
             or self.election_timer is not None
             or self.heartbeat_timer is not None
             or self.events
+            or self.snapshot_reads
+            or self.snapshot_chunks
+            or self.snapshot_to_install is not None
+            or self.compact_to > 0
         )

@@ -26,6 +26,7 @@ __all__ = [
     "MsgType",
     "ServerConfig",
     "NotificationType",
+    "SnapshotMeta",
 ]
 
 
@@ -323,3 +324,14 @@ class ClusterConfig:
             prev_log_idx=_int(obj.get("prev_log_idx", 0)),
             user_ctx=str(obj.get("user_ctx", "")),
         )
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotMeta:
+    """What identifies a snapshot (NuRaft's ``snapshot`` object, without its payload): the
+    state as of the committed entry ``last_index`` (of term ``last_term``), and ``config``, the
+    configuration in effect at that index (it replaces the log entries the snapshot covers)."""
+
+    last_index: int
+    last_term: int
+    config: ClusterConfig

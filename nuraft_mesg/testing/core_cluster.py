@@ -11,10 +11,16 @@ fsync; ``auto_persist=True`` persists at once, for tests that do not care.
 
 :class:`SafetyChecker` watches everything the cluster does and raises :class:`SafetyViolation`
 (with the recent history) the moment one of Raft's invariants breaks.
+
+With ``RaftParams.snapshot_distance > 0`` the cluster also plays a snapshotting state machine:
+a node's state is the list of entries it applied, a snapshot is that list (durable, in
+:class:`DurableState`), sent in objects of ``snapshot_chunk`` entries; staged objects live in
+memory and are lost on a crash.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -22,7 +28,8 @@ from dataclasses import dataclass, field
 
 from nuraft_mesg.raft.node import Proposal, RaftNode, Role
 from nuraft_mesg.raft.params import RaftParams
-from nuraft_mesg.raft.ready import Event, Ready
+from nuraft_mesg.raft.ready import Event, Ready, SnapshotChunk
+from nuraft_mesg.raft.snapshot import decode_snapshot_reply
 from nuraft_mesg.raft.types import (
     ClusterConfig,
     HardState,
@@ -31,6 +38,7 @@ from nuraft_mesg.raft.types import (
     Message,
     MsgType,
     ServerConfig,
+    SnapshotMeta,
 )
 
 __all__ = ["CoreCluster", "DurableState", "SafetyChecker", "SafetyViolation", "SimNode"]
@@ -48,10 +56,14 @@ class DurableState:
     entries: list[LogEntry] = field(default_factory=list)
     start_index: int = 1
     config: ClusterConfig = field(default_factory=ClusterConfig)
+    boundary_term: int = 0
+    snapshot: SnapshotMeta | None = None
+    snapshot_applied: list[tuple[int, LogEntry]] = field(default_factory=list)
+    """The state machine's state in ``snapshot``: every entry applied up to it."""
 
     def term_at(self, index: int) -> int | None:
         if index == self.start_index - 1:
-            return 0 if index == 0 else None
+            return self.boundary_term
         off = index - self.start_index
         if 0 <= off < len(self.entries):
             return self.entries[off].term
@@ -61,7 +73,22 @@ class DurableState:
     def last_index(self) -> int:
         return self.start_index + len(self.entries) - 1
 
+    def compact(self, index: int, term: int) -> None:
+        """LogStore.compact, after dropping a held entry at ``index`` of another term."""
+        if self.start_index <= index <= self.last_index and self.term_at(index) != term:
+            del self.entries[index - self.start_index :]
+        if index < self.start_index:
+            return
+        self.entries = self.entries[index + 1 - self.start_index :]
+        self.start_index = index + 1
+        self.boundary_term = term
+
     def write(self, rd: Ready) -> None:
+        if rd.snapshot_to_install is not None:
+            meta = rd.snapshot_to_install
+            self.compact(meta.last_index, meta.last_term)
+        if rd.compact_to:
+            self.compact(rd.compact_to, rd.compact_term)
         if rd.truncate_from:
             del self.entries[rd.truncate_from - self.start_index :]
         if rd.entries:
@@ -84,6 +111,8 @@ class SimNode:
     pending: Ready | None = None
     applied: list[tuple[int, LogEntry]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    staged: list[bytes] = field(default_factory=list)  # snapshot objects received (in memory)
+    staged_meta: SnapshotMeta | None = None
 
     @property
     def alive(self) -> bool:
@@ -103,8 +132,10 @@ class CoreCluster:
         members: Iterable[int] | None = None,
         priorities: dict[int, int] | None = None,
         node_factory: Callable[..., RaftNode] = RaftNode,
+        snapshot_chunk: int = 2,
     ) -> None:
         self.params = params or RaftParams()
+        self.snapshot_chunk = snapshot_chunk  # entries per snapshot object
         self.rng = random.Random(seed)
         self.auto_persist = auto_persist
         self.node_factory = node_factory
@@ -129,6 +160,12 @@ class CoreCluster:
     def _boot(self, i: int) -> None:
         n = self.nodes[i]
         d = n.durable
+        # The in-memory state machine restarts from its snapshot (or empty) and re-applies.
+        snap: dict[str, object] = {}
+        if d.boundary_term:  # (tests may hand the boundary term to node_factory instead)
+            snap["log_boundary_term"] = d.boundary_term
+        if d.snapshot is not None:
+            snap.update(snapshot=d.snapshot, applied_index=d.snapshot.last_index)
         n.core = self.node_factory(
             i,
             self.params,
@@ -137,9 +174,11 @@ class CoreCluster:
             entries=list(d.entries),
             log_start_index=d.start_index,
             rng=random.Random(self.rng.random()),
+            **snap,
         )
         n.pending = None
-        n.applied = []  # the in-memory state machine starts empty and re-applies
+        n.applied = list(d.snapshot_applied) if d.snapshot is not None else []
+        n.staged, n.staged_meta = [], None
         self._pump(i)
 
     def crash(self, i: int) -> None:
@@ -184,6 +223,11 @@ class CoreCluster:
         core = n.core
         if rd is None or core is None:
             return False
+        reads = [(r, self._read_snapshot(n, r.meta, r.obj_id)) for r in rd.snapshot_reads]
+        for chunk in rd.snapshot_chunks:
+            self._stage_snapshot(n, chunk)
+        if rd.snapshot_to_install is not None:
+            self._install_snapshot(n, rd.snapshot_to_install)
         n.durable.write(rd)
         for m in rd.messages_after_persist:
             self.checker.check_after_persist(i, m)
@@ -191,11 +235,68 @@ class CoreCluster:
         for ce in rd.committed:
             self.checker.on_apply(i, ce.index, ce.entry)
             n.applied.append((ce.index, ce.entry))
+        snapshot = self._maybe_snapshot(n, core) if rd.committed else None
         n.pending = None
         core.advance(rd)
+        for r, (data, is_last) in reads:
+            core.send_snapshot_chunk(r.peer, r.meta, r.obj_id, data, is_last)
+        if snapshot is not None:
+            core.snapshot_taken(snapshot)
         if not self.auto_persist:
             self._pump(i)
         return True
+
+    # -- the stand-in state machine's snapshots ----------------------------------------------
+    def _maybe_snapshot(self, n: SimNode, core: RaftNode) -> SnapshotMeta | None:
+        distance = self.params.snapshot_distance
+        d = n.durable
+        applied = n.applied[-1][0] if n.applied else 0
+        base = d.snapshot.last_index if d.snapshot is not None else 0
+        if distance <= 0 or applied - base < distance:
+            return None
+        meta = core.snapshot_meta(applied)
+        d.snapshot, d.snapshot_applied = meta, list(n.applied)
+        self.checker.log(f"snapshot {n.id} at {applied}")
+        return meta
+
+    def _read_snapshot(self, n: SimNode, meta: SnapshotMeta, obj_id: int) -> tuple[bytes, bool]:
+        d = n.durable
+        if d.snapshot != meta:
+            raise SafetyViolation(f"runtime contract: node {n.id} asked to read snapshot "
+                                  f"{meta.last_index}, has {d.snapshot}")
+        size = self.snapshot_chunk
+        part = d.snapshot_applied[obj_id * size : (obj_id + 1) * size]
+        if obj_id > 0 and not part:
+            raise SafetyViolation(f"runtime contract: node {n.id} read object {obj_id} beyond "
+                                  f"the end of snapshot {meta.last_index}")
+        data = json.dumps([[i, e.term, int(e.type), e.buffer.hex(), e.timestamp]
+                           for i, e in part]).encode()
+        return data, (obj_id + 1) * size >= len(d.snapshot_applied)
+
+    def _stage_snapshot(self, n: SimNode, chunk: SnapshotChunk) -> None:
+        if chunk.is_first:
+            n.staged, n.staged_meta = [], chunk.meta
+        if n.staged_meta != chunk.meta or len(n.staged) != chunk.obj_id:
+            raise SafetyViolation(f"runtime contract: node {n.id} staged object {chunk.obj_id} "
+                                  f"of {chunk.meta.last_index} out of order")
+        n.staged.append(chunk.data)
+
+    def _install_snapshot(self, n: SimNode, meta: SnapshotMeta) -> None:
+        if n.staged_meta != meta:
+            raise SafetyViolation(f"runtime contract: node {n.id} installs snapshot "
+                                  f"{meta.last_index} it has not staged")
+        state = [(int(i), LogEntry(t, LogType(ty), bytes.fromhex(b), ts))
+                 for part in n.staged for i, t, ty, b, ts in json.loads(part)]
+        if [i for i, _ in state] != list(range(1, meta.last_index + 1)):
+            raise SafetyViolation(f"node {n.id}: snapshot {meta.last_index} is not the entries "
+                                  "1..last_index")
+        done = n.applied[-1][0] if n.applied else 0
+        for index, entry in state[done:]:
+            self.checker.on_apply(n.id, index, entry)
+        n.applied = state
+        n.durable.snapshot, n.durable.snapshot_applied = meta, list(state)
+        n.staged, n.staged_meta = [], None
+        self.checker.log(f"install {n.id} snapshot {meta.last_index}")
 
     def _send(self, src: int, m: Message) -> None:
         self.checker.check_sent(src, m)
@@ -348,9 +449,10 @@ class CoreCluster:
                     proposal = None
             self.heartbeat(lead)
             self.deliver_all()
+            # (Compacted into a snapshot by the leader that made it: committed, and ours.)
             if proposal is not None and core.commit >= proposal.last_index and core.log.term_at(
                 proposal.last_index
-            ) == proposal.term:
+            ) in (proposal.term, None):
                 return rnd
         raise AssertionError(f"no leader committed a new entry within {max_rounds} rounds\n"
                              + self.checker.render_history())
@@ -368,6 +470,7 @@ class SafetyChecker:
         self.commit_term: dict[int, int] = {}
         self.applied: dict[int, LogEntry] = {}
         self.leader_logs: dict[tuple[int, int], list[LogEntry]] = {}
+        self.leader_log_starts: dict[tuple[int, int], int] = {}
         self.last_term: dict[int, int] = {}
         self.last_durable_term: dict[int, int] = {}
         self.history: deque[str] = deque(maxlen=40)
@@ -406,10 +509,22 @@ class SafetyChecker:
             if hs.term < m.term or (hs.term == m.term and hs.vote != m.dest):
                 self.fail(f"node {src} granted a vote to {m.dest} in term {m.term} without "
                           f"persisting it ({d.hard_state})")
+        # Likewise an acknowledgement made in term m.term is moot once a later term is durable:
+        # entries only leave a log when a leader of a later term replaces them, and then the
+        # disk holds exactly what the node would hold had it not crashed.
         acked = m.next_index - 1
-        if m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted and d.last_index < acked:
+        if (m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted
+                and d.hard_state.term <= m.term and d.last_index < acked):
             self.fail(f"node {src} acknowledged index {acked} but has only "
                       f"{d.last_index} on disk")
+        reply = decode_snapshot_reply(m.context)
+        if m.type == MsgType.INSTALL_SNAPSHOT_RESPONSE and m.accepted and reply is not None:
+            # "Done": the snapshot is durably installed, or committed here already.
+            held = max(d.snapshot.last_index if d.snapshot is not None else 0,
+                       d.hard_state.commit)
+            if reply[1] and held < reply[0]:
+                self.fail(f"node {src} reported snapshot {reply[0]} installed but holds only "
+                          f"{held} durably")
 
     def on_apply(self, i: int, index: int, entry: LogEntry) -> None:
         seen = self.applied.get(index)
@@ -438,15 +553,22 @@ class SafetyChecker:
                 self.fail(f"Election Safety: nodes {other} and {i} both led term {core.term}")
             # Leader Append-Only.
             key = (i, core.term)
-            entries = core.log.slice(core.log.start_index, core.log.last_index + 1)
+            start = core.log.start_index
+            entries = core.log.slice(start, core.log.last_index + 1)
             before = self.leader_logs.get(key)
+            if before is not None:
+                # Entries compacted since (into a snapshot) are compared no more.
+                before = before[start - self.leader_log_starts.get(key, 1) :]
             if before is not None and entries[: len(before)] != before:
                 self.fail(f"Leader Append-Only: leader {i} of term {core.term} rewrote its log")
             self.leader_logs[key] = entries
+            self.leader_log_starts[key] = start
             # Leader Completeness: an entry committed in term T is in every leader of a term
             # >= T.  (Not "of a term >= the entry's term": a stale leader of a term between
             # the two may legitimately lack it, as S5 in the paper's Figure 8.)
             for idx, entry in self.committed.items():
+                if idx < core.log.boundary_index:
+                    continue  # in its snapshot (checked when a snapshot is installed)
                 if self.commit_term[idx] <= core.term and core.log.term_at(idx) != entry.term:
                     self.fail(f"Leader Completeness: leader {i} of term {core.term} lacks "
                               f"committed entry {idx} (term {entry.term})")
