@@ -135,6 +135,12 @@ class Failed(RaftError):
     code = ResultCode.FAILED
 
 
+class StorageError(Failed):
+    """A durable store could not read or write (disk full, read-only, I/O error, corrupt
+    data).  Nothing the failed operation wrote may be relied on; the group that hit it stops
+    on this node (see :mod:`nuraft_mesg.storage.interfaces`)."""
+
+
 _BY_CODE: dict[ResultCode, type[RaftError]] = {
     cls.code: cls
     for cls in (

@@ -28,7 +28,7 @@ import abc
 from collections.abc import Sequence
 
 from nuraft_mesg.raft.ready import Event
-from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry
+from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, SnapshotMeta
 
 __all__ = ["LogStore", "StateMachine", "StateManager"]
 
@@ -146,8 +146,12 @@ class StateMachine(abc.ABC):
     the group on this node (it cannot skip an entry and stay consistent with its peers).
 
     Methods are synchronous and run on the event loop: slow work should be handed off.
-    Snapshot hooks (create, save and load a snapshot) arrive with durable storage; until then
-    nothing calls :meth:`LogStore.compact`, since a lagging follower could not catch up.
+
+    Snapshots (NuRaft's logical snapshot objects) are optional: a state machine whose
+    :attr:`supports_snapshots` is true implements the snapshot hooks, and the runtime then
+    takes a snapshot every ``RaftParams.snapshot_distance`` applied entries, compacts the log
+    behind it, and sends it to followers that are behind the log start.  With the defaults
+    nothing is ever snapshotted and :meth:`LogStore.compact` is never called.
     """
 
     __slots__ = ()
@@ -176,6 +180,40 @@ class StateMachine(abc.ABC):
         below it again, so a durable state machine must persist it atomically with the effects
         of that entry.  An in-memory one returns what it applied in this process.
         """
+
+    # -- snapshots (optional) ----------------------------------------------------------------
+    @property
+    def supports_snapshots(self) -> bool:
+        """Whether the snapshot hooks below are implemented.  The default is False."""
+        return False
+
+    def create_snapshot(self, meta: SnapshotMeta) -> None:
+        """Capture the state as of ``meta.last_index``, which was just applied (the runtime
+        calls this right after applying it).  Durable on return: the runtime then compacts
+        the log behind it.  It becomes :meth:`last_snapshot`."""
+        raise NotImplementedError("this state machine does not support snapshots")
+
+    def last_snapshot(self) -> SnapshotMeta | None:
+        """The latest snapshot created or applied (what lagging followers are sent), or
+        None.  The default (no snapshot support) is None."""
+        return None
+
+    def read_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int) -> tuple[bytes, bool]:
+        """Object ``obj_id`` (0, 1, ...) of the snapshot ``meta`` and whether it is the last
+        one.  Only called for :meth:`last_snapshot`, with ids up to the last object."""
+        raise NotImplementedError("this state machine does not support snapshots")
+
+    def save_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int, data: bytes,
+                            is_first: bool, is_last: bool) -> None:
+        """Stage object ``obj_id`` of a snapshot being received.  Objects arrive in order,
+        from 0; ``is_first`` (object 0) discards whatever was staged before."""
+        raise NotImplementedError("this state machine does not support snapshots")
+
+    def apply_snapshot(self, meta: SnapshotMeta) -> None:
+        """Replace the whole state with the staged (complete) snapshot ``meta``.  Afterwards
+        :meth:`last_commit_index` is ``meta.last_index`` and :meth:`last_snapshot` is
+        ``meta``; the next entry applied is ``meta.last_index + 1``.  Durable on return."""
+        raise NotImplementedError("this state machine does not support snapshots")
 
 
 class StateManager(abc.ABC):

@@ -9,12 +9,19 @@ core bug shows up as an exception in tests instead of a silently corrupt log.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import trio
 
 from nuraft_mesg.raft.ready import Event
-from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, ServerConfig
+from nuraft_mesg.raft.types import (
+    ClusterConfig,
+    HardState,
+    LogEntry,
+    ServerConfig,
+    SnapshotMeta,
+)
 from nuraft_mesg.storage.interfaces import LogStore, StateMachine, StateManager
 
 __all__ = ["KVStateMachine", "MemoryLogStore", "MemoryStateManager"]
@@ -110,15 +117,26 @@ class KVStateMachine(StateMachine):
     (keys contain no spaces; values may).  Anything else is applied as an opaque record and
     echoed back, like nuraft_mesg's echo state machine.  :attr:`applied` holds every
     ``(index, data)`` in order, so tests can compare replicas entry by entry.
+
+    Snapshots are supported: one is :attr:`data`, :attr:`applied` and :attr:`configs` as
+    JSON, sent in objects of ``snapshot_chunk_size`` bytes (small sizes exercise multi-object
+    transfers).  It keeps its latest snapshot and one staged incoming snapshot in memory.
     """
 
-    __slots__ = ("applied", "configs", "data", "_last_index")
+    __slots__ = ("applied", "configs", "data", "_last_index", "snapshot_chunk_size",
+                 "_snapshot", "_staged", "_staged_complete")
 
-    def __init__(self) -> None:
+    def __init__(self, *, snapshot_chunk_size: int = 64 * 1024) -> None:
+        if snapshot_chunk_size < 1:
+            raise ValueError("snapshot_chunk_size must be >= 1")
         self.applied: list[tuple[int, bytes]] = []
         self.configs: list[tuple[int, ClusterConfig]] = []
         self.data: dict[str, str] = {}
         self._last_index = 0
+        self.snapshot_chunk_size = snapshot_chunk_size
+        self._snapshot: tuple[SnapshotMeta, bytes] | None = None
+        self._staged: tuple[SnapshotMeta, list[bytes]] | None = None
+        self._staged_complete = False
 
     def commit(self, index: int, data: bytes) -> bytes:
         self._advance(index)
@@ -139,6 +157,64 @@ class KVStateMachine(StateMachine):
 
     def last_commit_index(self) -> int:
         return self._last_index
+
+    # -- snapshots ---------------------------------------------------------------------------
+    @property
+    def supports_snapshots(self) -> bool:
+        return True
+
+    def create_snapshot(self, meta: SnapshotMeta) -> None:
+        if meta.last_index != self._last_index:
+            raise ValueError(f"snapshot at {meta.last_index} but applied {self._last_index}")
+        state = {
+            "data": self.data,
+            "applied": [[i, d.hex()] for i, d in self.applied],
+            "configs": [[i, c.encode().decode()] for i, c in self.configs],
+        }
+        blob = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+        self._snapshot = (meta, blob)
+
+    def last_snapshot(self) -> SnapshotMeta | None:
+        return self._snapshot[0] if self._snapshot is not None else None
+
+    def read_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int) -> tuple[bytes, bool]:
+        if self._snapshot is None or self._snapshot[0] != meta:
+            raise ValueError(f"snapshot {meta.last_index} is not the latest one")
+        blob = self._snapshot[1]
+        size = self.snapshot_chunk_size
+        start = obj_id * size
+        if obj_id < 0 or (obj_id > 0 and start >= len(blob)):
+            raise ValueError(f"snapshot {meta.last_index} has no object {obj_id}")
+        return blob[start : start + size], start + size >= len(blob)
+
+    def save_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int, data: bytes,
+                            is_first: bool, is_last: bool) -> None:
+        if is_first:
+            self._staged = (meta, [])
+            self._staged_complete = False
+        staged = self._staged
+        if staged is None or staged[0] != meta or len(staged[1]) != obj_id:
+            raise ValueError(f"snapshot object {obj_id} of {meta.last_index} out of order")
+        staged[1].append(bytes(data))
+        self._staged_complete = is_last
+
+    def apply_snapshot(self, meta: SnapshotMeta) -> None:
+        staged = self._staged
+        if staged is None or staged[0] != meta or not self._staged_complete:
+            raise ValueError(f"snapshot {meta.last_index} is not completely staged")
+        blob = b"".join(staged[1])
+        try:
+            state = json.loads(blob)
+            data = {str(k): str(v) for k, v in state["data"].items()}
+            applied = [(int(i), bytes.fromhex(d)) for i, d in state["applied"]]
+            configs = [(int(i), ClusterConfig.decode(c.encode())) for i, c in state["configs"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"undecodable snapshot {meta.last_index}: {exc}") from None
+        self.data, self.applied, self.configs = data, applied, configs
+        self._last_index = meta.last_index
+        self._snapshot = (meta, blob)
+        self._staged = None
+        self._staged_complete = False
 
     def _advance(self, index: int) -> None:
         # Applying twice or backwards is a runtime bug that would silently fork replicas.

@@ -1,0 +1,117 @@
+"""``nuraft-mesg server``: one node as its own process, with the durable default store.
+
+::
+
+    python -m nuraft_mesg server --uuid U1 --port 7001 --data-dir /var/lib/n1 \\
+        --peer U2=127.0.0.1:7002 --peer U3=127.0.0.1:7003 [--create-group G]
+
+The node serves RaftStep on ``--port``, keeps every group it hosts in ``<data-dir>/nuraft.db``
+and, when restarted on the same data dir, rejoins them with their log, term, vote and config.
+Groups are joined the usual ways: a leader elsewhere adds this node (``add_member``), or
+``--create-group G`` creates ``G`` here (unless it is already stored) and adds every ``--peer``
+to it.  Writes come from members (``append_entries``) or from external clients sending
+``CLIENT_REQUEST`` over RaftStep (:class:`nuraft_mesg.testing.client.RaftClient`); the state
+machine is the in-memory :class:`~nuraft_mesg.storage.memory.KVStateMachine`, rebuilt from the
+durable log on every start.
+
+``--ready-file PATH`` is written (atomically, as JSON with the port and the pid) once the node
+serves and every ``--create-group`` group holds all its peers.  SIGTERM or Ctrl-C shut the
+node down cleanly; SIGKILL is a crash the store is built to survive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import trio
+
+from nuraft_mesg.app import InMemoryApplication
+from nuraft_mesg.demo import run_until_interrupted
+from nuraft_mesg.errors import RaftError
+from nuraft_mesg.manager import Manager, ManagerConfig
+from nuraft_mesg.raft.params import RaftParams
+
+log = logging.getLogger("nuraft_mesg.server")
+
+
+def _peer(text: str) -> tuple[str, str]:
+    peer_uuid, sep, address = text.partition("=")
+    try:
+        uuid.UUID(peer_uuid)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{peer_uuid!r} is not a uuid") from None
+    if not sep or ":" not in address:
+        raise argparse.ArgumentTypeError(f"expected UUID=HOST:PORT, got {text!r}")
+    return peer_uuid, address
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nuraft-mesg server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uuid", required=True, help="this node's server uuid")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--data-dir", required=True, help="directory of the durable store")
+    parser.add_argument("--peer", type=_peer, action="append", default=[],
+                        metavar="UUID=HOST:PORT", help="another node (repeat)")
+    parser.add_argument("--group-type", default="kv")
+    parser.add_argument("--create-group", action="append", default=[], metavar="GROUP_UUID",
+                        help="create this group here (unless stored) and add every peer")
+    parser.add_argument("--heartbeat-ms", type=int, default=50)
+    parser.add_argument("--election-ms", type=int, nargs=2, default=(150, 300),
+                        metavar=("LOW", "HIGH"))
+    parser.add_argument("--ready-file", type=Path)
+    return parser
+
+
+async def _bootstrap(mgr: Manager, group_id: str, group_type: str, peers: list[str]) -> None:
+    """Create ``group_id`` led by this node and add every peer (retrying until they are up)."""
+    if mgr.store is not None and group_id in mgr.store:
+        log.info("group %s is stored here: rejoined, not created", group_id)
+        return
+    while True:
+        try:
+            await mgr.create_group(group_id, group_type)
+            break
+        except RaftError as exc:
+            log.warning("create_group(%s): %s; retrying", group_id, exc)
+            await trio.sleep(0.2)
+    for peer in peers:
+        while peer not in {s.endpoint for s in mgr.get_srv_config_all(group_id)}:
+            try:
+                await mgr.add_member(group_id, peer, priority=100)
+            except RaftError as exc:
+                log.info("add_member(%s, %s): %s; retrying", group_id, peer, exc)
+                await trio.sleep(0.2)
+    log.info("group %s has %d members", group_id, len(peers) + 1)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    directory = dict(args.peer)
+    app = InMemoryApplication(args.uuid, directory)
+    config = ManagerConfig(server_uuid=args.uuid, host=args.host, port=args.port,
+                           data_dir=str(args.data_dir), default_group_type=args.group_type)
+    params = RaftParams(heartbeat_interval_ms=args.heartbeat_ms,
+                        election_timeout_ms=tuple(args.election_ms))
+    async with Manager(config, app) as mgr:
+        directory[args.uuid] = f"{args.host}:{mgr.port}"
+        mgr.register_group_type(args.group_type, params)
+        for gid in args.create_group:
+            await _bootstrap(mgr, gid, args.group_type, list(dict(args.peer)))
+        if args.ready_file is not None:
+            tmp = args.ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"port": mgr.port, "pid": os.getpid()}))
+            tmp.replace(args.ready_file)
+        log.info("node %s serving on %s:%d", args.uuid, args.host, mgr.port)
+        await trio.sleep_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    interrupted = trio.run(run_until_interrupted, serve, args)
+    return 0 if interrupted else 1
