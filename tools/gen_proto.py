@@ -26,7 +26,7 @@ OUT_DIR = ROOT / "nuraft_mesg" / "transport" / "_proto"
 PACKAGE = "nuraft_mesg.transport._proto"
 
 # Only files that define services get purerpc stubs.
-SERVICE_PROTOS = ("messaging_service.proto",)
+SERVICE_PROTOS = ("admin.proto", "data_service.proto", "messaging_service.proto")
 
 INIT_TEXT = '''"""Generated protobuf and purerpc code for nuraft_mesg's wire schema (``proto/``).
 

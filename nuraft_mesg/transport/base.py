@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import trio
 
 from nuraft_mesg.errors import ResultCode
 from nuraft_mesg.transport.codec import GroupEnvelope
 
-__all__ = ["StepError", "StepHandler", "Status", "Transport", "TransportError"]
+__all__ = [
+    "DataHandler",
+    "DataRequest",
+    "StepError",
+    "StepHandler",
+    "Status",
+    "Transport",
+    "TransportError",
+]
 
 
 class Status(enum.IntEnum):
@@ -100,6 +109,29 @@ class StepHandler(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class DataRequest:
+    """One data-service call (``nuraft_mesg.DataService/Call``): ``payload`` for the handler
+    bound to ``(name, group_id)`` on the peer.  ``intended_addr`` is the peer's uuid (the
+    transport fills it in when empty), checked like RaftStep's."""
+
+    group_id: str
+    name: str
+    payload: bytes
+    intended_addr: str = ""
+
+
+@runtime_checkable
+class DataHandler(Protocol):
+    """The server side of the data service (a :class:`StepHandler` may also be one; a
+    transport answers UNIMPLEMENTED for data calls when its handler is not)."""
+
+    async def data_request(self, request: DataRequest) -> bytes:
+        """Run the bound handler and return its response bytes.  Raise :class:`StepError`
+        for a non-OK status (UNIMPLEMENTED: nothing bound under that name and group)."""
+        ...
+
+
 class Transport(ABC):
     """Server plus per-peer clients for one node.
 
@@ -130,6 +162,25 @@ class Transport(ABC):
         Raises:
             TransportError: the call failed; the message may or may not have been processed.
         """
+
+    async def data_call(
+        self,
+        peer: str,
+        request: DataRequest,
+        *,
+        timeout: float,  # noqa: ASYNC109 - a gRPC deadline travels with the call
+    ) -> bytes:
+        """One data-service round trip to ``peer``; returns the handler's response bytes.
+
+        The default refuses (UNIMPLEMENTED, which callers see as BAD_REQUEST), so a transport
+        that only carries Raft traffic needs nothing more.
+
+        Raises:
+            TransportError: the call failed (``code`` maps its status to a ResultCode).
+        """
+        raise TransportError(
+            Status.UNIMPLEMENTED, f"{type(self).__name__} does not carry the data service"
+        )
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close client connections (called after :meth:`serve` has stopped)."""

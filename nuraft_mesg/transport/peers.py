@@ -19,6 +19,10 @@ round-robin, so a slow group does not hold up the others; a group may also hold 
 The core's pipelining (``max_inflight_appends``) still works: its appends wait here, in order,
 and leave one round trip apart.
 
+Failed calls are logged throttled per (peer, gRPC status) with the shared
+:class:`~nuraft_mesg.transport.throttle.LogThrottle` (the 1st, 2nd, 4th, 8th, ... failure in a
+60 s window, as nuraft_mesg PR #78), so a dead peer does not flood the log.
+
 Ownership: ``async with PeerSender(transport) as sender`` opens the nursery that holds every
 worker.  Workers start on a peer's first post and then stay (idle workers cost a parked task
 each).  Leaving the block cancels them: requests still queued or in flight are abandoned and
@@ -39,6 +43,7 @@ import trio
 
 from nuraft_mesg.transport.base import Status, Transport, TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope
+from nuraft_mesg.transport.throttle import LogThrottle
 
 __all__ = ["PeerSender", "PeerStatistics", "ReplyCallback", "SenderStatistics"]
 
@@ -164,6 +169,7 @@ class PeerSender:
         self._nursery_manager: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._throttle = LogThrottle()
 
     async def __aenter__(self) -> PeerSender:
         if self._nursery_manager is not None or self._closed:
@@ -245,6 +251,14 @@ class PeerSender:
                 queue.in_flight -= 1
             if isinstance(result, TransportError):
                 queue.failed += 1
+                count = self._throttle.hit((peer, result.status))
+                if count:
+                    log.warning(
+                        "RaftStep %s to %s (group %s) failed: %s [failure %d to this peer "
+                        "with %s in this %gs window]",
+                        request.message.type.name, peer, request.group_id, result.message,
+                        count, result.status.name, self._throttle.window,
+                    )
             else:
                 queue.sent += 1
             if group.items:
