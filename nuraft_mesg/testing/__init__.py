@@ -1,11 +1,71 @@
 """Helpers for testing code built on nuraft_mesg.
 
-:func:`check_log_store` and :func:`check_state_manager` are conformance suites for your own
-storage implementations: call them from a trio test with a factory of fresh objects (and,
-optionally, a ``reopen`` function that simulates a restart).  They raise
+Storage conformance: :func:`check_log_store` and :func:`check_state_manager` are conformance
+suites for your own storage implementations: call them from a trio test with a factory of
+fresh objects (and, optionally, a ``reopen`` function that simulates a restart).  They raise
 :class:`AssertionError` on the first violation and need no test framework.
+
+Property testing of your state machine over live Raft groups (see docs/testing.md):
+
+* :class:`SimNetwork` / :class:`SimTransport`: an in-memory network with per-link loss,
+  duplication, delay and partitions, deterministic under trio's ``MockClock``;
+* :class:`SimCluster`: real Managers on a SimNetwork, with per-node simulated disks, crash and
+  restart, group creation, client writes and workloads;
+* :func:`check_invariants` / :class:`InvariantViolation`: Raft's safety invariants over every
+  group of a SimCluster;
+* :class:`RaftClusterMachine`: a Hypothesis state machine to subclass with your own
+  state machine (and your own rules).
+
+``nuraft_mesg.testing.machine`` imports Hypothesis; it is loaded on first use of
+:class:`RaftClusterMachine` or :class:`SimRunner`, so the rest works without it.
 """
 
-from nuraft_mesg.testing.conformance import check_log_store, check_state_manager
+from __future__ import annotations
 
-__all__ = ["check_log_store", "check_state_manager"]
+from typing import TYPE_CHECKING, Any
+
+from nuraft_mesg.testing.checkers import (
+    InvariantViolation,
+    LivenessViolation,
+    check_invariants,
+)
+from nuraft_mesg.testing.cluster import (
+    SIM_PARAMS,
+    RecordingStateMachine,
+    SimCluster,
+    SimNode,
+    Workload,
+    Write,
+)
+from nuraft_mesg.testing.conformance import check_log_store, check_state_manager
+from nuraft_mesg.testing.sim import LinkState, SimNetwork, SimTransport
+
+if TYPE_CHECKING:
+    from nuraft_mesg.testing.machine import RaftClusterMachine, SimRunner
+
+__all__ = [
+    "check_log_store",
+    "check_state_manager",
+    "SimNetwork",
+    "SimTransport",
+    "LinkState",
+    "SimCluster",
+    "SimNode",
+    "SIM_PARAMS",
+    "RecordingStateMachine",
+    "Workload",
+    "Write",
+    "check_invariants",
+    "InvariantViolation",
+    "LivenessViolation",
+    "RaftClusterMachine",
+    "SimRunner",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RaftClusterMachine", "SimRunner"):
+        from nuraft_mesg.testing import machine
+
+        return getattr(machine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

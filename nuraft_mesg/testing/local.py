@@ -4,11 +4,14 @@ Each node is a Manager with its own RaftStep server on 127.0.0.1 and an
 :class:`~nuraft_mesg.app.InMemoryApplication`; all nodes share one peer directory.
 :meth:`LocalCluster.kill` closes a node's Manager (its groups stop, its server closes);
 :meth:`LocalCluster.restart` starts it again on the same uuid and port with the state its
-state managers kept, and rejoins its groups.
+state managers kept, and rejoins its groups.  With ``data_dir`` every node also runs the
+durable default store (``ManagerConfig.data_dir = <data_dir>/<node name>``), so a restart
+reloads the log, hard state and config from disk.
 """
 
 from __future__ import annotations
 
+import os
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +25,7 @@ from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.types import ClusterConfig, ServerConfig
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.memory import MemoryStateManager
+from nuraft_mesg.transport.base import Transport
 
 __all__ = ["LocalCluster", "LocalNode"]
 
@@ -82,13 +86,21 @@ class LocalCluster:
         group_types: dict[str, RaftParams] | None = None,
         default_group_type: str = "test",
         configure: Callable[[ManagerConfig], ManagerConfig] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        transport_wrapper: Callable[[str, Transport], Transport] | None = None,
     ) -> None:
+        """``transport_wrapper(node_uuid, transport)``, when given, wraps each node's
+        GrpcTransport (at every start), e.g. ``NetworkFaults().wrap`` from
+        :mod:`nuraft_mesg.testing.faults` to partition real nodes."""
         self._nursery = nursery
+        self._transport_wrapper = transport_wrapper
         self.directory: dict[str, str] = {}
         self.nodes: list[LocalNode] = []
         self.group_types = group_types or {default_group_type: FAST_PARAMS}
         self.default_group_type = default_group_type
         self._configure = configure
+        self.data_dir = os.fspath(data_dir) if data_dir is not None else None
+        """With a data_dir, node ``name`` keeps its durable store in ``<data_dir>/<name>``."""
         self._topology_changed = trio.Event()
 
     def _topology_change(self) -> None:
@@ -124,14 +136,19 @@ class LocalCluster:
 
     async def _run_node(self, node: LocalNode, *, task_status: trio.TaskStatus[Manager]) -> None:
         config = ManagerConfig(
-            server_uuid=node.uuid, port=node.port, default_group_type=self.default_group_type
+            server_uuid=node.uuid, port=node.port, default_group_type=self.default_group_type,
+            data_dir=os.path.join(self.data_dir, node.name) if self.data_dir is not None else None,
         )
         if self._configure is not None:
             config = self._configure(config)
+        transport: Transport | None = None
+        if self._transport_wrapper is not None:
+            transport = self._transport_wrapper(
+                node.uuid, config.make_transport(node.app.lookup_peer))
         try:
             with trio.CancelScope() as scope:
                 node.scope = scope
-                async with Manager(config, node.app) as mgr:
+                async with Manager(config, node.app, transport=transport) as mgr:
                     for name, params in self.group_types.items():
                         mgr.register_group_type(name, params)
                     node.port = mgr.port
@@ -173,10 +190,13 @@ class LocalCluster:
                 await wait()
                 race.cancel_scope.cancel()
 
+            # Bind each Event now, before any checkpoint: ``mgr.wait_changed`` would only read
+            # the manager's current Event once the watcher task runs, and a change made in
+            # between (after ``predicate()`` was checked) would be missed for good.
             race.start_soon(watch, self._topology_changed.wait)
             for n in self.nodes:
                 if n.manager is not None:
-                    race.start_soon(watch, n.manager.wait_changed)
+                    race.start_soon(watch, n.manager._changed.wait)
 
     def leader_of(self, group_id: str, among: list[LocalNode] | None = None) -> LocalNode | None:
         for n in among or self.nodes:
