@@ -21,11 +21,18 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "InMemoryApplication": "nuraft_mesg.app",
+    "ExternalClient": "nuraft_mesg.client",
+    "ALL": "nuraft_mesg.data_service",
+    "ANY": "nuraft_mesg.data_service",
+    "FOLLOWER": "nuraft_mesg.data_service",
+    "LEADER": "nuraft_mesg.data_service",
+    "RoleRegex": "nuraft_mesg.data_service",
     "BadRequest": "nuraft_mesg.errors",
     "Cancelled": "nuraft_mesg.errors",
     "CannotRemoveLeader": "nuraft_mesg.errors",
     "ConfigChanging": "nuraft_mesg.errors",
     "Failed": "nuraft_mesg.errors",
+    "StorageError": "nuraft_mesg.errors",
     "NotLeader": "nuraft_mesg.errors",
     "RaftError": "nuraft_mesg.errors",
     "RaftTimeout": "nuraft_mesg.errors",
@@ -46,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "RaftParams": "nuraft_mesg.raft.params",
     "ClusterConfig": "nuraft_mesg.raft.types",
     "ServerConfig": "nuraft_mesg.raft.types",
+    "SnapshotMeta": "nuraft_mesg.raft.types",
     "LogStore": "nuraft_mesg.storage.interfaces",
     "StateMachine": "nuraft_mesg.storage.interfaces",
     "StateManager": "nuraft_mesg.storage.interfaces",
@@ -58,6 +66,12 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from nuraft_mesg.app import InMemoryApplication as InMemoryApplication
+    from nuraft_mesg.client import ExternalClient as ExternalClient
+    from nuraft_mesg.data_service import ALL as ALL
+    from nuraft_mesg.data_service import ANY as ANY
+    from nuraft_mesg.data_service import FOLLOWER as FOLLOWER
+    from nuraft_mesg.data_service import LEADER as LEADER
+    from nuraft_mesg.data_service import RoleRegex as RoleRegex
     from nuraft_mesg.errors import BadRequest as BadRequest
     from nuraft_mesg.errors import Cancelled as Cancelled
     from nuraft_mesg.errors import CannotRemoveLeader as CannotRemoveLeader
@@ -71,6 +85,7 @@ if TYPE_CHECKING:
     from nuraft_mesg.errors import ServerIsJoining as ServerIsJoining
     from nuraft_mesg.errors import ServerIsLeaving as ServerIsLeaving
     from nuraft_mesg.errors import ServerNotFound as ServerNotFound
+    from nuraft_mesg.errors import StorageError as StorageError
     from nuraft_mesg.errors import TermMismatch as TermMismatch
     from nuraft_mesg.group import GroupStatistics as GroupStatistics
     from nuraft_mesg.group import PeerInfo as PeerInfo
@@ -83,6 +98,7 @@ if TYPE_CHECKING:
     from nuraft_mesg.raft.params import RaftParams as RaftParams
     from nuraft_mesg.raft.types import ClusterConfig as ClusterConfig
     from nuraft_mesg.raft.types import ServerConfig as ServerConfig
+    from nuraft_mesg.raft.types import SnapshotMeta as SnapshotMeta
     from nuraft_mesg.storage.interfaces import LogStore as LogStore
     from nuraft_mesg.storage.interfaces import StateMachine as StateMachine
     from nuraft_mesg.storage.interfaces import StateManager as StateManager

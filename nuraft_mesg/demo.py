@@ -4,6 +4,10 @@ Three nodes (three Managers in this process, each with its own RaftStep server o
 a few groups with their leaders spread over the nodes, writes to every group, then the node
 leading the first group is killed: the demo shows the failover, keeps writing, restarts the
 node, lets it catch up, and prints a status table at each stage.
+
+Every node keeps its groups in the durable default store (``<data dir>/<node>/nuraft.db``, see
+``docs/storage.md``): the restarted node reloads its log, term, vote and config from disk.
+The data dir is a temporary directory, removed at the end, unless ``--data-dir`` names one.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from nuraft_mesg.errors import RaftError
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.testing.local import LocalCluster
 
@@ -23,24 +29,38 @@ GROUP_TYPE = "demo"
 PARAMS = RaftParams(heartbeat_interval_ms=50, election_timeout_ms=(150, 300))
 
 
-def status_table(cluster: LocalCluster, groups: list[str]) -> str:
-    """One row per group: leader, term, commit index, applied index per node, members."""
+def status_table(cluster: LocalCluster, groups: list[str], *, lag: bool = False) -> str:
+    """One row per group: leader, term, commit index, applied index per node, members.
+
+    The row shows the view of the node with the best claim (a leader of the highest term).
+    ``lag`` adds, per node, how far its applied index is behind that commit index.  A node
+    shows "down" when it is not running and "-" when it does not host the group.
+    """
     names = {n.uuid: n.name for n in cluster.nodes}
-    rows = [("group", "leader", "term", "commit", "applied " + "/".join(names.values()),
-             "members")]
+    header = ["group", "leader", "term", "commit", "applied " + "/".join(names.values()),
+              "members"]
+    if lag:
+        header.append("lag " + "/".join(names.values()))
+    rows = [tuple(header)]
     for gid in groups:
         hosts = [n for n in cluster.nodes if n.manager is not None and gid in n.manager.group_ids]
         if not hosts:
-            rows.append((gid[:8], "-", "-", "-", "-", "-"))
+            rows.append((gid[:8], *["-"] * (len(header) - 1)))
             continue
         stats = [(n, n.mgr.group(gid).statistics()) for n in hosts]
         best_node, best = max(stats, key=lambda p: (p[1].is_leader, p[1].term, p[1].commit_index))
         members = ",".join(names.get(r.peer_id, r.peer_id[:8])
                            for r in best_node.mgr.group(gid).cluster_config())
+        absent = {n.uuid: "-" if n.manager is not None else "down" for n in cluster.nodes}
         per_node = {n.uuid: str(st.applied_index) for n, st in stats}
-        applied = "/".join(per_node.get(n.uuid, "down") for n in cluster.nodes)
+        applied = "/".join(per_node.get(n.uuid, absent[n.uuid]) for n in cluster.nodes)
         leader = names.get(best.leader_id, "?") if best.leader_id else "none"
-        rows.append((gid[:8], leader, str(best.term), str(best.commit_index), applied, members))
+        row = [gid[:8], leader, str(best.term), str(best.commit_index), applied, members]
+        if lag:
+            behind = {n.uuid: str(max(0, best.commit_index - st.applied_index))
+                      for n, st in stats}
+            row.append("/".join(behind.get(n.uuid, absent[n.uuid]) for n in cluster.nodes))
+        rows.append(tuple(row))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -48,14 +68,17 @@ def status_table(cluster: LocalCluster, groups: list[str]) -> str:
 
 
 async def demo(n_nodes: int = 3, n_groups: int = 3, writes: int = 10,
-               out: Callable[[str], None] = print) -> None:
+               out: Callable[[str], None] = print, data_dir: str | None = None) -> None:
     groups = [str(uuid.uuid4()) for _ in range(n_groups)]
     with trio.fail_after(25):
         async with LocalCluster.open(n_nodes, group_types={GROUP_TYPE: PARAMS},
-                                     default_group_type=GROUP_TYPE) as cluster:
+                                     default_group_type=GROUP_TYPE,
+                                     data_dir=data_dir) as cluster:
             nodes = cluster.nodes
             out(f"started {n_nodes} nodes: " + ", ".join(
                 f"{n.name}=127.0.0.1:{n.port}" for n in nodes))
+            if data_dir is not None:
+                out(f"durable stores in {data_dir}/<node>/nuraft.db")
             for k, gid in enumerate(groups):
                 owner = nodes[k % n_nodes]
                 await owner.mgr.create_group(gid, GROUP_TYPE)
@@ -99,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--groups", type=int, default=3)
     parser.add_argument("--writes", type=int, default=10)
+    parser.add_argument("--data-dir", help="keep the nodes' durable stores here "
+                        "(default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
-    interrupted = trio.run(run_until_interrupted, demo, args.nodes, args.groups, args.writes)
+    with tempfile.TemporaryDirectory(prefix="nuraft-demo-") as tmp:
+        interrupted = trio.run(run_until_interrupted, demo, args.nodes, args.groups,
+                               args.writes, print, args.data_dir or tmp)
     if interrupted:
         print("\ninterrupted: every node shut down cleanly", file=sys.stderr)
         return 130
@@ -123,7 +150,13 @@ async def run_until_interrupted(fn: Callable[..., Awaitable[object]], *args: obj
                     return
 
         async def main() -> None:
-            await fn(*args)
+            try:
+                await fn(*args)
+            except* RaftError:
+                # A call that raced with the shutdown (its group stopped before the caller
+                # reached a checkpoint) fails with Cancelled/Failed: expected after a signal.
+                if not interrupted:
+                    raise
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch_signals)

@@ -17,21 +17,27 @@ Persistence ordering is the core's: ``messages_after_persist`` (votes, acknowled
 answers to RaftStep requests) leave only after ``LogStore.write`` / ``save_state`` return.
 A storage exception stops the group (never an acknowledgement of unstored data): it is logged,
 ``StateManager.system_exit`` is told, and every waiter gets :class:`~nuraft_mesg.errors.Failed`.
+
+Snapshots (when ``snapshot_distance > 0`` and the state machine supports them) are data
+movement only: the runtime creates one every ``snapshot_distance`` applied entries and tells
+the core, reads the objects the core asks for, stages and installs what it receives, and
+compacts the log store where the Ready says; the core decides everything else.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import trio
 
-from nuraft_mesg.errors import Cancelled, Failed, RaftError, TermMismatch
+from nuraft_mesg.errors import Cancelled, Failed, RaftError, StorageError, TermMismatch
 from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.ready import (
@@ -42,9 +48,17 @@ from nuraft_mesg.raft.ready import (
     NewConfig,
     Ready,
     RemovedFromCluster,
+    SnapshotRead,
     TimerCommand,
 )
-from nuraft_mesg.raft.types import ClusterConfig, LogEntry, LogType, Message, MsgType
+from nuraft_mesg.raft.types import (
+    ClusterConfig,
+    LogEntry,
+    LogType,
+    Message,
+    MsgType,
+    SnapshotMeta,
+)
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.peers import PeerSender
@@ -96,6 +110,8 @@ class Slot(Generic[T]):
 class _Request:
     message: Message
     reply: Slot[Message]
+    applied: Slot[list[bytes]] | None = None
+    """For an accepted client_request: its entries' apply results (see _answer)."""
 
 
 @dataclass(slots=True)
@@ -118,7 +134,7 @@ class _Proposal:
 _Item = _Request | _Reply | _Command | _Proposal
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: _fail_everyone collects them in a set
 class _ApplyWaiter:
     """Waits until ``[first, last]`` are applied here with ``term``; collects results."""
 
@@ -161,10 +177,14 @@ class GroupStatistics:
     leader_id: str
     is_leader: bool
     leader_changes: int
+    """Times this node saw a new leader (itself included); a step-down alone is not one."""
     messages_received: int
+    """Raft requests handled (nuraft_mesg's group_steps); replies are not counted."""
     messages_sent: int
+    """Raft requests handed to the peer queues (nuraft_mesg's group_sends)."""
     messages_dropped: int
     append_latency_us_total: int
+    """Sum of AppendEntries handling times (nuraft_mesg's append_entries_latency_us)."""
     append_requests: int
 
 
@@ -198,6 +218,16 @@ class RaftGroup:
         self.log_store = state_mgr.load_log_store()
         self.state_machine = state_mgr.get_state_machine()
         start = self.log_store.start_index()
+        applied = self.state_machine.last_commit_index()
+        if applied < start - 1:
+            # The log was compacted behind a snapshot this state machine no longer holds (an
+            # in-memory state machine over a durable log, after a restart): replaying the
+            # remaining log would silently skip the compacted prefix.
+            raise StorageError(
+                f"group {group_id}: the log starts at {start} but the state machine has "
+                f"applied only up to {applied}; snapshots need a state machine that keeps its "
+                "state (or its last snapshot) across restarts"
+            )
         config = state_mgr.load_config()
         # core_factory: RaftNode or anything called like it (a subclass, a wrapper that seeds
         # ``rng``); the public test harness plugs deliberately broken cores in here.
@@ -210,6 +240,8 @@ class RaftGroup:
             log_start_index=start,
             log_boundary_term=self.log_store.term_at(start - 1) if start > 1 else 0,
             applied_index=self.state_machine.last_commit_index(),
+            snapshot=(self.state_machine.last_snapshot()
+                      if self.state_machine.supports_snapshots else None),
             rng=rng,
         )
         self._endpoints: dict[int, str] = {}
@@ -231,6 +263,9 @@ class RaftGroup:
         """Last index handed to the state machine (the core's ``applied`` runs ahead of it
         while a Ready is being persisted)."""
         self._leader_changes = 0
+        self._seen_leader = NO_LEADER
+        """The leader last reported by a role event (NO_LEADER after a step-down): a leader
+        change is a new known leader, as etcd's leader_changes_seen counts them."""
         self._received = 0
         self._sent = 0
         self._dropped = 0
@@ -321,6 +356,17 @@ class RaftGroup:
         await self._submit(_Request(msg, slot))
         return await slot.wait()
 
+    async def handle_client_request(
+        self, msg: Message
+    ) -> tuple[Message, Slot[list[bytes]] | None]:
+        """:meth:`handle_request` for a client_request; when accepted, also a slot for its
+        entries' apply results, watched from the moment of the answer (the caller may
+        resume only after they were applied: a one-member group commits at once)."""
+        req = _Request(msg, Slot())
+        await self._submit(req)
+        reply = await req.reply.wait()
+        return reply, req.applied
+
     def deliver_reply(self, reply: GroupEnvelope | Exception, peer: int) -> None:
         """A peer answered one of our requests (called by PeerSender; never blocks)."""
         if isinstance(reply, Exception):
@@ -360,8 +406,18 @@ class RaftGroup:
         right-aligned (the leader reports the last one), the others empty.
         """
         w = _ApplyWaiter(prop.term, prop.first_index, prop.last_index)
+        if self.stopped:  # _fail_everyone already ran: nobody would complete this waiter
+            w.slot.fail(Failed(f"group stopped: {self.failed!r}") if self.failed is not None
+                        else Cancelled("group stopped"))
+            return w.slot
         if self.applied_index >= prop.last_index:
-            if self.core.log.term_at(prop.last_index) == prop.term:
+            term = self.core.log.term_at(prop.last_index)
+            if term is None and self.core.log.boundary_term != prop.term:
+                # Compacted into a snapshot whose last term differs: we cannot tell.
+                w.slot.fail(Cancelled("entries were compacted; their outcome is unknown here"))
+            elif term in (None, prop.term):
+                # (A compacted entry is ours if the snapshot ends in our term, see
+                # _settle_snapshotted_waiters.)
                 count = prop.last_index - prop.first_index + 1
                 known = list(known_results)[-count:]
                 w.slot.set([b""] * (count - len(known)) + known)
@@ -453,7 +509,7 @@ class RaftGroup:
     def _handle(self, item: _Item) -> None:
         core = self.core
         if isinstance(item, _Reply):
-            self._received += 1
+            # Replies are not counted: "received" is nuraft_mesg's group_steps (requests).
             self._last_response[item.message.src] = trio.current_time()
             core.step(item.message)
         elif isinstance(item, _Request):
@@ -478,26 +534,105 @@ class RaftGroup:
         while core.has_ready():
             rd = core.ready()
             self._dispatch(rd.messages)
+            # Before anything is applied: a new snapshot would replace the one being read.
+            chunks = [self._read_snapshot_chunk(r) for r in rd.snapshot_reads]
             await self._persist(rd)
             self._dispatch(rd.messages_after_persist)
             self._apply(rd)
+            snapshot = self._maybe_create_snapshot() if rd.committed else None
             self._handle_events(rd.events)
-            if rd.committed and not rd.events:
+            if (rd.committed or rd.snapshot_to_install is not None) and not rd.events:
                 self._notify()
             self._apply_timers(rd)
             core.advance(rd)
+            for r, data, is_last in chunks:
+                core.send_snapshot_chunk(r.peer, r.meta, r.obj_id, data, is_last)
+            if snapshot is not None:
+                core.snapshot_taken(snapshot)
         # Every request stepped so far has been answered in the Readies above.
         while self._pending_replies:
             req = self._pending_replies.popleft()
             req.reply.fail(Cancelled("request was not answered"))
 
     async def _persist(self, rd: Ready) -> None:
+        # Snapshot work first: staged objects, then the installed snapshot (the state machine,
+        # then the log store starting after it), then a compaction -- all before the entries
+        # after them are written and before any answer leaves.
+        for chunk in rd.snapshot_chunks:
+            self.state_machine.save_snapshot_chunk(chunk.meta, chunk.obj_id, chunk.data,
+                                                   chunk.is_first, chunk.is_last)
+        if rd.snapshot_to_install is not None:
+            meta = rd.snapshot_to_install
+            self.state_machine.apply_snapshot(meta)
+            self.applied_index = meta.last_index
+            self._settle_snapshotted_waiters(meta)
+            await self._compact_log_store(meta.last_index, meta.last_term)
+            self.log.info("installed snapshot %d/%d", meta.last_index, meta.last_term)
+        if rd.compact_to:
+            await self._compact_log_store(rd.compact_to, rd.compact_term)
+        writes: list[Callable[[], Awaitable[None]]] = []
         if rd.truncate_from or rd.entries:
-            await self.log_store.write(rd.first_index, rd.entries, truncate_from=rd.truncate_from)
+            writes.append(functools.partial(self.log_store.write, rd.first_index, rd.entries,
+                                            truncate_from=rd.truncate_from))
         if rd.hard_state is not None:
-            await self.state_mgr.save_state(rd.hard_state)
+            writes.append(functools.partial(self.state_mgr.save_state, rd.hard_state))
         if rd.config_to_save is not None:
-            await self.state_mgr.save_config(rd.config_to_save)
+            writes.append(functools.partial(self.state_mgr.save_config, rd.config_to_save))
+        if len(writes) == 1:
+            await writes[0]()
+        elif writes:
+            # Issued together so that a group-committing store (SQLite) makes them durable
+            # in one transaction and one fsync; all are durable before any answer leaves.
+            try:
+                async with trio.open_nursery() as nursery:
+                    for write in writes:
+                        nursery.start_soon(write)
+            except ExceptionGroup as group:
+                raise group.exceptions[0] from group  # the storage error itself, unwrapped
+
+    async def _compact_log_store(self, index: int, term: int) -> None:
+        """Make the log store start after ``(index, term)``: drop a held entry at ``index``
+        of another term (and everything after it), then compact."""
+        store = self.log_store
+        if store.start_index() <= index < store.next_slot() and store.term_at(index) != term:
+            await store.write(index, [], truncate_from=index)
+        await store.compact(index, term)
+
+    def _read_snapshot_chunk(self, r: SnapshotRead) -> tuple[SnapshotRead, bytes, bool]:
+        data, is_last = self.state_machine.read_snapshot_chunk(r.meta, r.obj_id)
+        return r, data, is_last
+
+    def _maybe_create_snapshot(self) -> SnapshotMeta | None:
+        """Every ``snapshot_distance`` applied entries, snapshot the state machine at the
+        applied index (the core then compacts the log behind it)."""
+        distance = self.params.snapshot_distance
+        if distance <= 0 or not self.state_machine.supports_snapshots:
+            return None
+        last = self.core.snapshot
+        if self.applied_index - (last.last_index if last is not None else 0) < distance:
+            return None
+        meta = self.core.snapshot_meta(self.applied_index)
+        self.state_machine.create_snapshot(meta)
+        return meta
+
+    def _settle_snapshotted_waiters(self, meta: SnapshotMeta) -> None:
+        """Entries up to ``meta.last_index`` will not be applied one by one here.  If the
+        snapshot ends in a waiter's term, its entries are in it (the leader of that term
+        created both, and a leader never rewrites its log); their results are unknown (empty).
+        Otherwise this node cannot tell whether they survived."""
+        for index in sorted(i for i in self._apply_waiters if i <= meta.last_index):
+            w = self._apply_waiters.pop(index, None)
+            if w is None:
+                continue
+            if w.term != meta.last_term:
+                w.slot.fail(Cancelled(f"entries {w.first}..{w.last} arrived in a snapshot; "
+                                      "their outcome is unknown here"))
+                for i in range(index + 1, w.last + 1):
+                    self._apply_waiters.pop(i, None)
+                continue
+            w.results.append(b"")
+            if index == w.last:
+                w.slot.set(w.results)
 
     def _dispatch(self, messages: list[Message]) -> None:
         for m in messages:
@@ -528,6 +663,10 @@ class RaftGroup:
             r = req.message
             if r.type.response_type == m.type and (m.dest == r.src or r.type in _CLIENT_TYPES):
                 self._pending_replies.remove(req)
+                if r.type == MsgType.CLIENT_REQUEST and m.accepted and r.entries:
+                    last = m.next_index - 1
+                    req.applied = self.watch_apply(
+                        Proposal(m.term, last - len(r.entries) + 1, last))
                 req.reply.set(m)
                 return
         self.log.debug("unmatched response %s to %d", m.type.name, m.dest)
@@ -558,7 +697,10 @@ class RaftGroup:
             return
         for ev in events:
             if isinstance(ev, BecomeLeader | BecomeFollower):
-                self._leader_changes += 1
+                leader = self.server_id if isinstance(ev, BecomeLeader) else ev.leader_id
+                if leader not in (NO_LEADER, self._seen_leader):
+                    self._leader_changes += 1
+                self._seen_leader = leader
                 self.log.info("%s", ev)
             elif isinstance(ev, NewConfig):
                 self._learn_endpoints(ev.config)

@@ -31,10 +31,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
+from nuraft_mesg.data_service import DataService, DataServiceHandler, Destination
 from nuraft_mesg.errors import (
     BadRequest,
     Cancelled,
@@ -47,11 +48,24 @@ from nuraft_mesg.errors import (
 from nuraft_mesg.group import GroupStatistics, PeerInfo, RaftGroup, ReplicaConfig
 from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode
 from nuraft_mesg.raft.params import RaftParams
-from nuraft_mesg.raft.types import LogEntry, LogType, Message, MsgType, ServerConfig
+from nuraft_mesg.raft.types import (
+    ClusterConfig,
+    LogEntry,
+    LogType,
+    Message,
+    MsgType,
+    ServerConfig,
+)
 from nuraft_mesg.storage.interfaces import StateManager
-from nuraft_mesg.transport.base import Status, StepError, Transport, TransportError
+from nuraft_mesg.storage.sqlite import SqliteStore
+from nuraft_mesg.transport.base import DataRequest, Status, StepError, Transport, TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.peers import PeerSender
+from nuraft_mesg.transport.security import TlsConfig, TokenClient, TokenVerifier
+from nuraft_mesg.transport.status import NodeStatus
+
+if TYPE_CHECKING:
+    from nuraft_mesg.transport.grpc import GrpcTransport
 
 __all__ = [
     "GroupContext",
@@ -95,7 +109,8 @@ class ManagerConfig:
     port: int = 0
     """Listen port; 0 picks a free one (then read ``Manager.port``)."""
     host: str = "127.0.0.1"
-    """Listen address.  nuraft_mesg binds 0.0.0.0; we default to loopback (no TLS yet)."""
+    """Listen address.  nuraft_mesg binds 0.0.0.0; we default to loopback (expose a node
+    beyond it with TLS and a token verifier: docs/security.md)."""
     default_group_type: str = ""
     """Group type used when an incoming join names none (nuraft_mesg's compatibility rule)."""
     leader_change_timeout: float = 3.2
@@ -105,8 +120,54 @@ class ManagerConfig:
     client_request_timeout: float = 3.0
     """How long append_entries waits for commit and apply (NuRaft's client_req_timeout)."""
     max_message_size: int = 64 << 20
+    """Largest message sent or accepted, in bytes (Raft and data service alike), unless one of
+    the next two says otherwise."""
+    max_send_message_size: int = 0
+    """Largest message this node sends (requests on its channels, replies from its server);
+    0: ``max_message_size``.  A larger one fails with RESOURCE_EXHAUSTED before it is sent."""
+    max_receive_message_size: int = 0
+    """Largest message this node accepts (requests to its server, replies on its channels);
+    0: ``max_message_size``.  A larger one is refused with RESOURCE_EXHAUSTED, for that call
+    only."""
+    ssl_cert: str = ""
+    """PEM certificate (chain) of this node: the server's certificate and, on outbound
+    channels, the client certificate.  With ``ssl_key``, turns TLS on for the server and every
+    outbound channel (all nodes of a cluster must agree)."""
+    ssl_key: str = ""
+    """PEM private key of ``ssl_cert``."""
+    ssl_ca: str = ""
+    """PEM CA bundle that peers' certificates must chain to (nuraft_mesg's client CA file);
+    empty: the system's trust store."""
+    ssl_mutual: bool = False
+    """Mutual TLS: the server requires a client certificate signed by ``ssl_ca`` (a peer
+    without one cannot reach any group)."""
+    token_client: TokenClient | None = None
+    """Adds its ``(auth_header_key, get_token())`` header to every outbound call (RaftStep,
+    data service, status)."""
+    token_verifier: TokenVerifier | None = None
+    """Checks every inbound call's metadata; a refusal is answered (UNAUTHENTICATED unless it
+    says otherwise) before the request reaches any group or handler."""
+    handshake_timeout: float = 10.0
+    """Seconds an accepted connection has to finish its TLS handshake and HTTP/2 preface and
+    start its first call (else it is dropped)."""
+    request_read_timeout: float = 30.0
+    """Seconds an incoming request has to arrive completely after its headers."""
+    enable_data_service: bool = True
+    """Serve and send data-service requests (:mod:`nuraft_mesg.data_service`).  On by default
+    (nuraft_mesg's ``with_data_svc`` defaults to off): with nothing bound it costs nothing.
+    Off: ``bind_data_service_request`` returns False, incoming calls get UNIMPLEMENTED and
+    sends raise ServerNotFound."""
+    data_request_timeout: float = 2.0
+    """Deadline of one data-service call (data_request_deadline_secs)."""
     peer_queue_size: int = 1024
     """Outbound messages queued per peer before new ones are dropped (Raft retries)."""
+    data_dir: str | None = None
+    """Directory of the durable default store (``<data_dir>/nuraft.db``, see
+    :mod:`nuraft_mesg.storage.sqlite`).  When set, the Manager persists the log, hard state and
+    config of every group it hosts there (wrapping the application's state managers, which
+    still supply the state machine, the initial config and the hooks), and on start rejoins
+    every stored group as soon as its group type is registered.  None: the application's
+    state managers persist everything themselves."""
 
     def __post_init__(self) -> None:
         try:
@@ -115,18 +176,56 @@ class ManagerConfig:
             raise ValueError(f"server_uuid {self.server_uuid!r} is not a uuid") from None
         if not 0 <= self.port < 65536:
             raise ValueError("port must be in [0, 65535]")
+        if (self.ssl_ca or self.ssl_mutual) and not self.ssl_cert:
+            raise ValueError("ssl_ca / ssl_mutual need ssl_cert and ssl_key (TLS is off)")
+        self.tls  # noqa: B018 - validates the TLS fields
+
+    @property
+    def tls(self) -> TlsConfig | None:
+        """The TLS settings (None: plain TCP)."""
+        if not (self.ssl_cert or self.ssl_key):
+            return None
+        return TlsConfig(cert_file=self.ssl_cert, key_file=self.ssl_key, ca_file=self.ssl_ca,
+                         mutual=self.ssl_mutual)
+
+    def make_transport(self, lookup_peer: Callable[[str], str]) -> GrpcTransport:
+        """The GrpcTransport this configuration describes (what a Manager builds when it is
+        given no transport)."""
+        from nuraft_mesg.transport.grpc import GrpcTransport
+
+        return GrpcTransport(
+            server_uuid=self.server_uuid,
+            host=self.host,
+            port=self.port,
+            lookup_peer=lookup_peer,
+            max_message_size=self.max_message_size,
+            max_send_message_size=self.max_send_message_size,
+            max_receive_message_size=self.max_receive_message_size,
+            tls=self.tls,
+            token_client=self.token_client,
+            token_verifier=self.token_verifier,
+            handshake_timeout=self.handshake_timeout,
+            read_timeout=self.request_read_timeout,
+        )
 
 
 class GroupContext:
     """Per-group view for the application (nuraft_mesg's ``repl_service_ctx``).
 
-    Made by :meth:`Manager.group`; do not construct it yourself.
+    Made by :meth:`Manager.group`; do not construct it yourself.  (Without a manager it has
+    no data service: data requests raise ServerNotFound, like nuraft_mesg's repl ctx without
+    a factory.)
     """
 
-    __slots__ = ("_group",)
+    __slots__ = ("_group", "_manager")
 
-    def __init__(self, group: RaftGroup) -> None:
+    def __init__(self, group: RaftGroup, manager: Manager | None = None) -> None:
         self._group = group
+        self._manager = manager
+
+    @property
+    def group_type(self) -> str:
+        return self._group.group_type
 
     @property
     def group_id(self) -> str:
@@ -157,6 +256,32 @@ class GroupContext:
         await self._group.wait_for(lambda: bool(self._group.leader_id))
         return self._group.leader_id
 
+    # -- data service (nuraft_mesg/data_service.py has the destination rules) ----------------
+    def _data_service(self) -> DataService:
+        if self._manager is None:
+            raise ServerNotFound("this group context has no data service")
+        return self._manager.data_service
+
+    async def data_service_request_unidirectional(
+        self, dest: Destination, name: str, payload: bytes | Sequence[bytes]
+    ) -> None:
+        """Send ``payload`` to the handler bound as ``name`` on ``dest`` (a peer uuid, a
+        server id, LEADER or ALL) and wait until it has run.  ALL ignores per-peer errors.
+
+        Raises:
+            BadRequest (LEADER from the leader, FOLLOWER/ANY, name not bound on the peer),
+            ServerNotFound (unknown peer or server id, no leader, group not running), and
+            the mapped error of a failed call.
+        """
+        await self._data_service().unidirectional(self._group, dest, name, payload)
+
+    async def data_service_request_bidirectional(
+        self, dest: Destination, name: str, payload: bytes | Sequence[bytes]
+    ) -> bytes:
+        """Like the unidirectional call (but ALL is BadRequest); returns the handler's
+        response bytes."""
+        return await self._data_service().bidirectional(self._group, dest, name, payload)
+
 
 class Manager:
     """A node hosting many Raft groups behind one RaftStep server.  See the module doc."""
@@ -180,15 +305,7 @@ class Manager:
         self.server_id = to_server_id(config.server_uuid)
         self.log = logging.getLogger(f"nuraft_mesg.manager.{config.server_uuid}")
         if transport is None:
-            from nuraft_mesg.transport.grpc import GrpcTransport
-
-            transport = GrpcTransport(
-                server_uuid=config.server_uuid,
-                host=config.host,
-                port=config.port,
-                lookup_peer=app.lookup_peer,
-                max_message_size=config.max_message_size,
-            )
+            transport = config.make_transport(app.lookup_peer)
         self.transport = transport
         self.port = 0
         self._group_types: dict[str, RaftParams] = {}
@@ -199,8 +316,14 @@ class Manager:
         self._groups_nursery: trio.Nursery | None = None
         self._peers: PeerSender | None = None
         self._lifetime: object = None
+        self._store: SqliteStore | None = None
         self._closing = False
         self._changed = trio.Event()
+        self.data_service = DataService(self, enabled=config.enable_data_service)
+        self._infra: trio.Nursery | None = None
+        self._server_scope = trio.CancelScope()
+        self._server_stopped = trio.Event()
+        self._restart_lock = trio.Lock()
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -230,8 +353,10 @@ class Manager:
 
     @asynccontextmanager
     async def _run(self) -> AsyncIterator[Manager]:
-        async with trio.open_nursery() as infra:
-            self.port = await infra.start(self.transport.serve, self)
+        # The store opens before anything serves and closes after every group stopped.
+        async with self._storage(), trio.open_nursery() as infra:
+            self._infra = infra
+            self.port = await infra.start(self._serve_transport)
             self.log.info("serving RaftStep on port %d as server %d", self.port, self.server_id)
             try:
                 async with PeerSender(
@@ -242,6 +367,7 @@ class Manager:
                     self._peers = peers
                     async with trio.open_nursery() as groups:
                         self._groups_nursery = groups
+                        self._rejoin_stored_groups()
                         try:
                             yield self
                         finally:
@@ -249,11 +375,81 @@ class Manager:
                             groups.cancel_scope.cancel()
             finally:
                 self._groups_nursery = None
+                self._infra = None
                 self._groups.clear()
                 self._notify_changed()
                 infra.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             await self.transport.aclose()
+
+    async def _serve_transport(self, *, task_status: trio.TaskStatus[int]) -> None:
+        """The transport's server, in a scope of its own so that restart_server can stop it."""
+        scope = self._server_scope = trio.CancelScope()
+        stopped = self._server_stopped = trio.Event()
+        try:
+            with scope:
+                await self.transport.serve(self, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def restart_server(self) -> bool:
+        """Stop the server and serve again on the same port (nuraft_mesg's restart_server).
+        Groups keep running; peers reconnect; data-service bindings stay.  If the server
+        cannot be rebuilt (port taken) this is logged and False returned, with the node not
+        serving (nuraft_mesg PR #56: no crash)."""
+        async with self._restart_lock:
+            infra = self._infra
+            if infra is None or self._closing:
+                raise Cancelled("manager is not running")
+            self._server_scope.cancel()
+            await self._server_stopped.wait()
+            try:
+                self.port = await infra.start(self._serve_transport)
+            except OSError as exc:
+                self.log.error("restart_server: cannot serve on port %d: %s", self.port, exc)
+                return False
+            self.log.info("server restarted on port %d", self.port)
+            return True
+
+    @asynccontextmanager
+    async def _storage(self) -> AsyncIterator[None]:
+        """The durable default store's lifetime (nothing without ``data_dir``)."""
+        if self.config.data_dir is None:
+            yield
+            return
+        async with SqliteStore.open(
+            self.config.data_dir, owner=self.server_uuid, logger=self.log
+        ) as store:
+            self.log.info("durable store %s holds %d group(s)", store.path, len(store.groups()))
+            self._store = store
+            try:
+                yield
+            finally:
+                self._store = None
+
+    @property
+    def store(self) -> SqliteStore | None:
+        """The durable default store while the manager runs with ``data_dir``, else None."""
+        return self._store
+
+    def _rejoin_stored_groups(self, group_type: str | None = None) -> None:
+        """Restart every stored group (of ``group_type``) whose type is registered."""
+        store, nursery = self._store, self._groups_nursery
+        if store is None or nursery is None or self._closing:
+            return
+        for rec in store.groups():
+            if group_type is not None and rec.group_type != group_type:
+                continue
+            if rec.group_type in self._group_types and rec.group_id not in self._groups:
+                nursery.start_soon(self._rejoin, rec.group_id, rec.group_type)
+
+    async def _rejoin(self, group_id: str, group_type: str) -> None:
+        try:
+            await self._ensure_group(group_id, group_type, None)
+        except RaftError as exc:
+            self.log.error("cannot rejoin stored group %s: %s", group_id, exc)
+        else:
+            self.log.info("rejoined stored group %s (type %r)", group_id, group_type)
 
     # ==========================================================================================
     # Group types and groups
@@ -263,6 +459,7 @@ class Manager:
         if group_type in self._group_types:
             raise ValueError(f"group type {group_type!r} is already registered")
         self._group_types[group_type] = params
+        self._rejoin_stored_groups(group_type)
 
     def _params_for(self, group_type: str) -> RaftParams:
         params = self._group_types.get(group_type or self.config.default_group_type)
@@ -282,7 +479,7 @@ class Manager:
         Raises:
             ServerNotFound: this node does not host the group.
         """
-        return GroupContext(self._get(group_id))
+        return GroupContext(self._get(group_id), self)
 
     @property
     def group_ids(self) -> list[str]:
@@ -299,6 +496,8 @@ class Manager:
         except ValueError:
             raise BadRequest(f"group id {group_id!r} is not a uuid") from None
         params = self._params_for(group_type)
+        if self._store is not None:
+            smgr = self._store.wrap(smgr, group_id, group_type or self.config.default_group_type)
         smgr.become_ready()
         group = RaftGroup(
             group_id=group_id,
@@ -368,6 +567,9 @@ class Manager:
         node does not host is a no-op."""
         group = self._groups.get(group_id)
         if group is None:
+            if self._store is not None and group_id in self._store:
+                await self._forget_stored(group_id)  # stored, not running: stopped by an error
+                return
             self.log.debug("leave_group(%s): not hosted", group_id)
             return
         scope = self._group_scopes.get(group_id)
@@ -380,6 +582,17 @@ class Manager:
         smgr = self._state_mgrs.pop(group_id, None)
         if smgr is not None:
             smgr.permanent_destroy()
+        if self._store is not None:
+            await self._forget_stored(group_id)
+
+    async def _forget_stored(self, group_id: str) -> None:
+        """Delete the group from the durable store and wait until that is on disk."""
+        assert self._store is not None
+        smgr = self._state_mgrs.pop(group_id, None)
+        if smgr is not None:
+            smgr.permanent_destroy()
+        self._store.destroy(group_id)
+        await self._store.barrier()
 
     async def _wait(self, group: RaftGroup, predicate: Callable[[], bool]) -> bool:
         """Wait up to ``leader_change_timeout`` for ``predicate``; False if it never held."""
@@ -538,6 +751,28 @@ class Manager:
         return Proposal(resp.term, last - len(data) + 1, last), resp.context
 
     # ==========================================================================================
+    # Data service and status (nuraft_mesg/data_service.py, nuraft_mesg/admin.py)
+    # ==========================================================================================
+    def bind_data_service_request(
+        self, name: str, group_id: str, handler: DataServiceHandler | None
+    ) -> bool:
+        """Serve data-service requests named ``name`` for ``group_id`` with ``handler``
+        (``async (request: bytes) -> bytes``).  False if the data service is off, the handler
+        is None or ``(name, group_id)`` is already bound.  Bindings survive
+        :meth:`restart_server`; the group need not be hosted (yet)."""
+        return self.data_service.bind(name, group_id, handler)
+
+    async def data_request(self, request: DataRequest) -> bytes:
+        """The transport's data-service entry point (a DataHandler)."""
+        return await self.data_service.serve(request)
+
+    def node_status(self, group_ids: Sequence[str] = ()) -> NodeStatus:
+        """This node's groups as ``Admin/Status`` reports them (every group when empty)."""
+        from nuraft_mesg.admin import collect_status
+
+        return collect_status(self, group_ids)
+
+    # ==========================================================================================
     # The RaftStep server side
     # ==========================================================================================
     async def raft_step(self, request: GroupEnvelope) -> GroupEnvelope:
@@ -549,13 +784,25 @@ class Manager:
         if group is None or group.stopped:
             if msg.type != MsgType.JOIN_CLUSTER_REQUEST or self._closing:
                 raise StepError(Status.NOT_FOUND, f"Missing RAFT group {request.group_id}")
+            why_not = self._invalid_invitation(msg)
+            if why_not:  # create no group for a join that its core would refuse anyway
+                raise StepError(Status.NOT_FOUND,
+                                f"Missing RAFT group {request.group_id} ({why_not})")
             try:
                 group = await self._ensure_group(request.group_id, request.group_type, None)
             except RaftError as exc:
                 raise StepError(Status.NOT_FOUND, f"cannot create group: {exc}") from None
+        if msg.type == MsgType.ADD_SERVER_REQUEST:
+            refusal = self._learn_joiner(group, msg)
+            if refusal is not None:
+                return self._envelope(group, refusal)
         started = trio.current_time()
+        applied = None
         try:
-            reply = await group.handle_request(msg)
+            if msg.type == MsgType.CLIENT_REQUEST:
+                reply, applied = await group.handle_client_request(msg)
+            else:
+                reply = await group.handle_request(msg)
         except RaftError as exc:
             raise StepError(Status.CANCELLED, f"Server rejected request: {exc}") from None
         if msg.type == MsgType.APPEND_ENTRIES_REQUEST:
@@ -565,7 +812,7 @@ class Manager:
             # so "accepted" means durable on a quorum (NuRaft's blocking return mode).
             last = reply.next_index - 1
             prop = Proposal(reply.term, last - len(msg.entries) + 1, last)
-            slot = group.watch_apply(prop)
+            slot = applied if applied is not None else group.watch_apply(prop)
             with trio.move_on_after(self.config.client_request_timeout):
                 try:
                     results = await slot.wait()
@@ -580,6 +827,38 @@ class Manager:
             reply = Message(reply.type, reply.term, reply.src, reply.dest,
                             result_code=ResultCode.TIMEOUT)
         return self._envelope(group, reply)
+
+    def _invalid_invitation(self, msg: Message) -> str:
+        """Why a join for a group not hosted here cannot be an invitation ("" if it can be):
+        it must be addressed to this server and carry the leader's configuration."""
+        if msg.dest != self.server_id:
+            return f"join addressed to server {msg.dest}, not {self.server_id}"
+        if not msg.entries or msg.entries[0].type != LogType.CONFIG:
+            return "join without a configuration"
+        try:
+            ClusterConfig.decode(msg.entries[0].buffer)
+        except RaftError as exc:
+            return f"join with a bad configuration: {exc}"
+        return ""
+
+    def _learn_joiner(self, group: RaftGroup, msg: Message) -> Message | None:
+        """An add_server request (from an external client): record the new server's uuid so
+        that the leader can invite it.  A server id that is not its uuid's is refused."""
+        if len(msg.entries) != 1 or msg.entries[0].type != LogType.CLUSTER:
+            return None  # the core refuses it
+        try:
+            srv = ServerConfig.decode(msg.entries[0].buffer)
+        except BadRequest:
+            return None  # the core refuses it
+        try:
+            valid = to_server_id(srv.endpoint) == srv.id
+        except ValueError:
+            valid = False
+        if not valid:
+            return Message(msg.type.response_type, group.core.term, self.server_id, msg.src,
+                           result_code=ResultCode.BAD_REQUEST)
+        group.learn_endpoint(srv.id, srv.endpoint)
+        return None
 
     def _envelope(self, group: RaftGroup, reply: Message) -> GroupEnvelope:
         dest_addr = ""

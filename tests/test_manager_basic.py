@@ -1,9 +1,9 @@
 """A port of nuraft_mesg's ``MessagingFixture.BasicTests`` (inventory §5), step by step,
 on real Managers and real purerpc over loopback.
 
-The C++ fixture's external client (``add_server`` / ``append_entry`` through a bare
-mesg_factory) is replaced by Manager calls where the external client does not exist yet;
-each such step says so.
+The C++ fixture's external-client steps (``add_server`` / ``append_entry`` through a bare
+mesg_factory) are done with Manager calls here; tests/test_external_client.py covers the
+external client itself.
 """
 
 from __future__ import annotations

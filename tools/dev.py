@@ -5,6 +5,7 @@
     python3 tools/dev.py lint                    ruff + mypy only
     python3 tools/dev.py demo [args...]          run ``python -m nuraft_mesg demo [args...]``
     python3 tools/dev.py proto                   regenerate nuraft_mesg/transport/_proto/
+    python3 tools/dev.py bench [--quick] [...]   benchmarks (benchmarks/run.py, docs/benchmarks.md)
 
 Every command first makes sure ``.venv`` (in the repository root) exists and holds the project
 installed editable with its ``dev`` extra.  The install is skipped when ``.venv/.nuraft-stamp``
@@ -132,6 +133,22 @@ def cmd_proto(args: list[str]) -> int:
     )
 
 
+def cmd_bench(args: list[str]) -> int:
+    """Install the ``bench`` extra (once per pyproject.toml), then run benchmarks/run.py."""
+    stamp = VENV / ".nuraft-bench-stamp"
+    digest = pyproject_hash()
+    if not (stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == digest):
+        rc = run(
+            "pip install -e '.[dev,bench]'",
+            [PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev,bench]"],
+        )
+        if rc != 0:
+            return rc
+        stamp.write_text(digest + "\n", encoding="utf-8")
+    return run(" ".join(["benchmarks/run.py", *args]),
+               [PYTHON, ROOT / "benchmarks" / "run.py", *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in {"-h", "--help", "help"}:
@@ -143,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "proto": cmd_proto,
         "lint": cmd_lint,
+        "bench": cmd_bench,
     }
     handler = commands.get(command)
     if handler is None:
