@@ -13,6 +13,7 @@ The data dir is a temporary directory, removed at the end, unless ``--data-dir``
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import tempfile
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="keep the nodes' durable stores here "
                         "(default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
+    peers_log = logging.getLogger("nuraft_mesg.transport.peers")
+    if not peers_log.isEnabledFor(logging.INFO):
+        # The demo kills a node on purpose: its peers' (throttled) send failures are expected
+        # and would only clutter the tables.  `nuraft-mesg -v demo` shows them.
+        peers_log.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="nuraft-demo-") as tmp:
         interrupted = trio.run(run_until_interrupted, demo, args.nodes, args.groups,
                                args.writes, print, args.data_dir or tmp)
