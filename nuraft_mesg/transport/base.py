@@ -4,18 +4,25 @@ One implementation speaks purerpc on loopback or a real network
 (:mod:`nuraft_mesg.transport.grpc`); the public test harness swaps in a simulated one.  The
 Manager never imports either directly: it is handed a :class:`Transport`.
 
-The shape follows nuraft_mesg: one unary exchange per Raft message, ``RaftStep(RaftGroupMsg)
--> RaftGroupMsg``, routed by group id.  Requests carry the destination peer's uuid in
-``intended_addr`` so that a stale address mapping is detected (INVALID_ARGUMENT) instead of
-delivering a message to the wrong process.
+The shape follows nuraft_mesg: a request/reply exchange per Raft message, ``RaftStep
+(RaftGroupMsg) -> RaftGroupMsg``, routed by group id.  Requests carry the destination peer's
+uuid in ``intended_addr`` so that a stale address mapping is detected (INVALID_ARGUMENT)
+instead of delivering a message to the wrong process.
+
+Senders hand a transport *batches* (:meth:`Transport.send_batch`): every request queued for
+one peer in one event-loop turn, across all groups.  A transport that multiplexes (the gRPC
+one streams batches over one long-lived HTTP/2 stream per peer) sends the batch as one frame
+and delivers each reply through its callback as it arrives; the default here falls back to
+one :meth:`Transport.call` per request.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, TypeAlias, runtime_checkable
 
 import trio
 
@@ -25,6 +32,10 @@ from nuraft_mesg.transport.codec import GroupEnvelope
 __all__ = [
     "DataHandler",
     "DataRequest",
+    "FastStepHandler",
+    "PeerWatcher",
+    "ReplyCallback",
+    "StepReply",
     "StepError",
     "StepHandler",
     "Status",
@@ -109,6 +120,34 @@ class StepHandler(Protocol):
         ...
 
 
+ReplyCallback: TypeAlias = Callable[[GroupEnvelope | TransportError], None]
+"""Called once per request, in trio context, with the reply or the error; must not block."""
+
+StepReply: TypeAlias = Callable[[GroupEnvelope | StepError], None]
+"""How a :class:`FastStepHandler` answers: called once, with the reply or the refusal."""
+
+
+@runtime_checkable
+class FastStepHandler(Protocol):
+    """Optional fast path of a :class:`StepHandler` for batched transports: take a request
+    without a task of its own.  A transport calls :meth:`step_nowait` first and falls back to
+    ``await raft_step(...)`` (in a task) when it returns False."""
+
+    def step_nowait(self, request: GroupEnvelope, respond: StepReply) -> bool:
+        """Hand ``request`` to its group without blocking and return True, then call
+        ``respond`` exactly once later (or now).  False: this request needs the general
+        path (nothing was done and ``respond`` will not be called)."""
+        ...
+
+
+@runtime_checkable
+class PeerWatcher(Protocol):
+    """Optional: told when the transport saw the connection to or from a peer end abruptly
+    (connection lost, reset) -- a hint that the peer may be down, never a proof."""
+
+    def peer_lost(self, peer: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DataRequest:
     """One data-service call (``nuraft_mesg.DataService/Call``): ``payload`` for the handler
@@ -140,6 +179,11 @@ class Transport(ABC):
     connections.
     """
 
+    supports_ping: ClassVar[bool] = False
+    """Whether :meth:`ping` can tell a live peer from a dead one.  Groups go quiet when idle
+    only over a transport that can (a quiet follower relies on pings to notice that its
+    leader died)."""
+
     @abstractmethod
     async def serve(
         self,
@@ -162,6 +206,60 @@ class Transport(ABC):
         Raises:
             TransportError: the call failed; the message may or may not have been processed.
         """
+
+    async def send_batch(
+        self,
+        peer: str,
+        batch: Sequence[tuple[GroupEnvelope, ReplyCallback]],
+        *,
+        timeout: float,  # noqa: ASYNC109 - each request's deadline
+        nursery: trio.Nursery,
+    ) -> None:
+        """Send every request of ``batch`` to ``peer``, in order, and return once they are on
+        their way (not answered).  Each callback is then called exactly once, from a task in
+        ``nursery`` (or the transport's own), with the reply or a :class:`TransportError`
+        (DEADLINE_EXCEEDED after ``timeout`` seconds).  Never raises for a failed peer: the
+        callbacks get the error.
+
+        The default runs one :meth:`call` per request in ``nursery``; requests of one group
+        go one after another, in order, so a unary transport does not reorder them.
+        """
+        runs: dict[str, list[tuple[GroupEnvelope, ReplyCallback]]] = {}
+        for item in batch:
+            runs.setdefault(item[0].group_id, []).append(item)
+        for run in runs.values():
+            nursery.start_soon(self._call_in_order, peer, run, timeout)
+
+    async def _call_in_order(
+        self,
+        peer: str,
+        run: list[tuple[GroupEnvelope, ReplyCallback]],
+        timeout: float,  # noqa: ASYNC109 - each request's deadline
+    ) -> None:
+        for request, on_reply in run:
+            result: GroupEnvelope | TransportError
+            try:
+                result = await self.call(peer, request, timeout=timeout)
+            except TransportError as exc:
+                result = exc
+            except Exception as exc:  # a transport bug: report it as a failed call
+                result = TransportError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}")
+            on_reply(result)
+
+    async def ping(
+        self,
+        peer: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - how long to wait for the answer
+    ) -> None:
+        """Check that ``peer`` is reachable and answering, within ``timeout`` seconds (node-
+        level liveness, independent of any group).  Only meaningful when
+        :attr:`supports_ping`.
+
+        Raises:
+            TransportError: no answer (UNIMPLEMENTED when this transport cannot ping).
+        """
+        raise TransportError(Status.UNIMPLEMENTED, f"{type(self).__name__} cannot ping")
 
     async def data_call(
         self,

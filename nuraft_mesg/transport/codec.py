@@ -63,6 +63,10 @@ class GroupEnvelope:
     intended_addr: str
     message: Message
     dest_addr: str = ""
+    quiesce: bool = False
+    """Runtime hint, not part of ``RaftGroupMsg``: this heartbeat is the leader's last before
+    its group goes quiet (see :mod:`nuraft_mesg.group`).  Carried only by ``RaftStream``
+    batches; a unary RaftStep drops it (the follower then simply keeps its timers)."""
 
 
 # -- encoding ---------------------------------------------------------------------------------
