@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeAlias, runtime_checkable
@@ -221,30 +222,44 @@ class Transport(ABC):
         (DEADLINE_EXCEEDED after ``timeout`` seconds).  Never raises for a failed peer: the
         callbacks get the error.
 
-        The default runs one :meth:`call` per request in ``nursery``; requests of one group
-        go one after another, in order, so a unary transport does not reorder them.
+        The default runs one :meth:`call` per request in ``nursery``, one at a time per
+        (peer, group) and in order -- NuRaft's one request in flight per peer and group --
+        so a unary transport does not reorder a group's requests (concurrent unary calls
+        overtake one another); different groups go concurrently.
         """
-        runs: dict[str, list[tuple[GroupEnvelope, ReplyCallback]]] = {}
+        chains: dict[tuple[str, str], deque[tuple[GroupEnvelope, ReplyCallback]]]
+        chains = self.__dict__.setdefault("_unary_chains", {})
         for item in batch:
-            runs.setdefault(item[0].group_id, []).append(item)
-        for run in runs.values():
-            nursery.start_soon(self._call_in_order, peer, run, timeout)
+            key = (peer, item[0].group_id)
+            chain = chains.get(key)
+            if chain is not None:
+                chain.append(item)  # its task is running and will get to it
+                continue
+            chains[key] = deque((item,))
+            nursery.start_soon(self._run_chain, key, chains, timeout)
 
-    async def _call_in_order(
+    async def _run_chain(
         self,
-        peer: str,
-        run: list[tuple[GroupEnvelope, ReplyCallback]],
+        key: tuple[str, str],
+        chains: dict[tuple[str, str], deque[tuple[GroupEnvelope, ReplyCallback]]],
         timeout: float,  # noqa: ASYNC109 - each request's deadline
     ) -> None:
-        for request, on_reply in run:
-            result: GroupEnvelope | TransportError
-            try:
-                result = await self.call(peer, request, timeout=timeout)
-            except TransportError as exc:
-                result = exc
-            except Exception as exc:  # a transport bug: report it as a failed call
-                result = TransportError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}")
-            on_reply(result)
+        chain = chains[key]
+        try:
+            while chain:
+                request, on_reply = chain[0]
+                result: GroupEnvelope | TransportError
+                try:
+                    result = await self.call(key[0], request, timeout=timeout)
+                except TransportError as exc:
+                    result = exc
+                except Exception as exc:  # a transport bug: report it as a failed call
+                    result = TransportError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}")
+                chain.popleft()
+                on_reply(result)
+        finally:
+            if chains.get(key) is chain:
+                del chains[key]  # cancelled: the rest is abandoned with its nursery
 
     async def ping(
         self,

@@ -1,32 +1,34 @@
-"""Per-peer outbound queues: a dead or slow peer never holds up other peers or other groups.
+"""Per-peer outbound batching: every group's requests to one peer leave together.
 
-Groups hand their outgoing Raft requests to :meth:`PeerSender.post`, which never blocks: each
-peer has a bounded queue, and when it is full the message is dropped (and counted), as Raft
-tolerates loss and retries on its own timers.  Each peer has ``concurrency`` worker tasks that
-take requests from its queue and run :meth:`Transport.call` with the configured deadline; the
-reply (or the :class:`~nuraft_mesg.transport.base.TransportError`) goes to the request's
-``on_reply``.
+Groups hand their outgoing Raft requests to :meth:`PeerSender.post`, which never blocks: the
+request joins its peer's queue and the peer's *pump* task wakes.  When the pump runs (the next
+scheduling round, by which time every group that had something to say in this loop turn has
+posted it) it takes everything queued and hands it to :meth:`Transport.send_batch` as one
+batch; the gRPC transport sends that batch as one frame on the peer's stream, so a thousand
+groups heartbeating in the same turn cost one frame, not a thousand calls.  Replies come back
+one by one through each request's ``on_reply``.
 
-Ordering: one group's requests to one peer go one at a time, in the order they were posted
-(NuRaft keeps at most one request in flight per peer and group: its ``busy`` flag).  Concurrent
-unary calls are not delivered in order: trio runs each batch of ready tasks in a random
-direction, so both the client tasks starting the calls and the server tasks handling them
-overtake one another (500 back-to-back posts of one group arrived with ~45% of neighbours
-swapped).  Raft survives reordering, but overtaken AppendEntries are rejected and resent.
-Different groups (up to ``concurrency``) are in flight to the same peer at once, taken
-round-robin, so a slow group does not hold up the others; a group may also hold at most
-``group_queue_size`` queued requests, so one stuck group cannot fill its peer's queue either.
-The core's pipelining (``max_inflight_appends``) still works: its appends wait here, in order,
-and leave one round trip apart.
+Order: the pump is the only sender to its peer and sends batches in post order, so one
+group's requests reach the peer in the order they were posted (the stream keeps that order;
+the unary fallback keeps it by sending a group's requests one at a time).
 
-Failed calls are logged throttled per (peer, gRPC status) with the shared
+Bounds (admission control): a peer holds at most ``queue_size`` requests queued plus
+``max_in_flight`` sent and unanswered.  Beyond that a post is refused (False, counted as
+dropped), as Raft tolerates loss and retries on its own timers -- except *control* messages
+(votes, pre-votes and entry-less appends, i.e. heartbeats and probes), which may use a further
+``queue_size`` of reserve: under a flood of appends, elections and leader liveness still get
+through, so overload costs throughput, not leadership.  While ``max_in_flight`` requests are
+unanswered the pump waits for answers before sending more (back-pressure from a slow peer).
+
+Failed requests are logged throttled per (peer, gRPC status) with the shared
 :class:`~nuraft_mesg.transport.throttle.LogThrottle` (the 1st, 2nd, 4th, 8th, ... failure in a
 60 s window, as nuraft_mesg PR #78), so a dead peer does not flood the log.
 
 Ownership: ``async with PeerSender(transport) as sender`` opens the nursery that holds every
-worker.  Workers start on a peer's first post and then stay (idle workers cost a parked task
-each).  Leaving the block cancels them: requests still queued or in flight are abandoned and
-their ``on_reply`` is not called.  Posts after that return False.
+pump and whatever tasks the transport starts for a batch.  A pump starts on its peer's first
+post and then stays (an idle pump is one parked task).  Leaving the block cancels them:
+requests still queued or unanswered are abandoned and their ``on_reply`` is not called.
+Posts after that return False.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Final, TypeAlias
 
 import trio
 
-from nuraft_mesg.transport.base import Status, Transport, TransportError
+from nuraft_mesg.raft.types import MsgType
+from nuraft_mesg.transport.base import ReplyCallback, Status, Transport, TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.throttle import LogThrottle
 
@@ -49,16 +52,23 @@ __all__ = ["PeerSender", "PeerStatistics", "ReplyCallback", "SenderStatistics"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_SIZE: Final = 1024
-DEFAULT_GROUP_QUEUE_SIZE: Final = 64
-DEFAULT_CONCURRENCY: Final = 8
+DEFAULT_QUEUE_SIZE: Final = 16384
+DEFAULT_MAX_IN_FLIGHT: Final = 16384
+DEFAULT_MAX_BATCH: Final = 4096
 DEFAULT_TIMEOUT: Final = 2.0
 """nuraft_mesg's ``raft_request_deadline_secs``."""
 
-ReplyCallback: TypeAlias = Callable[[GroupEnvelope | TransportError], None]
-"""Called in trio context with the reply or the error; must not block (e.g. ``send_nowait``)."""
+_VOTES: Final = frozenset({MsgType.PRE_VOTE_REQUEST, MsgType.REQUEST_VOTE_REQUEST})
 
 _Item: TypeAlias = tuple[GroupEnvelope, ReplyCallback]
+
+
+def is_control(request: GroupEnvelope) -> bool:
+    """Votes and entry-less appends (heartbeats, probes): small, and what keeps leaders."""
+    msg = request.message
+    return msg.type in _VOTES or (
+        msg.type == MsgType.APPEND_ENTRIES_REQUEST and not msg.entries
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +76,17 @@ class PeerStatistics:
     """Counters for one peer since the sender started."""
 
     sent: int = 0
-    """Calls answered by the peer (whatever the Raft outcome)."""
+    """Requests answered by the peer (whatever the Raft outcome)."""
     failed: int = 0
-    """Calls that ended with a TransportError."""
+    """Requests that ended with a TransportError."""
     dropped: int = 0
-    """Posts refused because a queue was full (or the sender had stopped)."""
+    """Posts refused because the peer's bounds were reached (or the sender had stopped)."""
     queued: int = 0
-    """Requests waiting now."""
+    """Requests waiting for the pump now."""
     in_flight: int = 0
-    """Calls running now."""
+    """Requests sent and not answered yet."""
+    batches: int = 0
+    """Batches handed to the transport."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,56 +105,48 @@ class SenderStatistics:
     def dropped(self) -> int:
         return sum(p.dropped for p in self.peers.values())
 
-
-class _GroupQueue:
-    """One group's requests to one peer.  ``scheduled``: in the peer's ready queue or in
-    flight (so never twice in either)."""
-
-    __slots__ = ("group_id", "items", "scheduled")
-
-    def __init__(self, group_id: str) -> None:
-        self.group_id = group_id
-        self.items: deque[_Item] = deque()
-        self.scheduled = False
+    @property
+    def batches(self) -> int:
+        return sum(p.batches for p in self.peers.values())
 
 
 class _PeerQueue:
-    """One peer: its groups with queued requests, and a ready queue of groups to serve.
+    """One peer: queued requests, the pump's wake-up, and counters."""
 
-    Invariant: every group in the ready queue has at least one queued request, so the ready
-    queue never holds more than ``queued <= queue_size`` entries.
-    """
+    __slots__ = ("batches", "dropped", "failed", "in_flight", "items", "room", "sent", "wake")
 
-    __slots__ = ("dropped", "failed", "groups", "in_flight", "queued", "ready", "sent")
-
-    def __init__(self, size: int) -> None:
-        self.ready = trio.open_memory_channel[_GroupQueue](size)
-        self.groups: dict[str, _GroupQueue] = {}
-        self.queued = 0
+    def __init__(self) -> None:
+        self.items: deque[_Item] = deque()
+        self.wake = trio.Event()
+        self.room = trio.Event()
+        """Set when an answer frees in-flight room (the pump waits on it when full)."""
         self.sent = 0
         self.failed = 0
         self.dropped = 0
         self.in_flight = 0
+        self.batches = 0
 
     def statistics(self) -> PeerStatistics:
         return PeerStatistics(
             sent=self.sent,
             failed=self.failed,
             dropped=self.dropped,
-            queued=self.queued,
+            queued=len(self.items),
             in_flight=self.in_flight,
+            batches=self.batches,
         )
 
 
 class PeerSender:
-    """Bounded per-peer outbound queues over a :class:`Transport` (see the module doc).
+    """Per-peer batching pumps over a :class:`Transport` (see the module doc).
 
     Args:
-        transport: what carries the calls.
-        queue_size: requests queued per peer (beyond those in flight) before posts fail.
-        group_queue_size: requests queued per peer and group before posts fail.
-        concurrency: calls in flight per peer (each for a different group).
-        timeout: deadline of one call, in seconds.
+        transport: what carries the batches.
+        queue_size: requests queued per peer before posts fail (control messages may use as
+            many again).
+        max_in_flight: requests sent to one peer and not yet answered before the pump waits.
+        max_batch: most requests in one batch.
+        timeout: deadline of one request, in seconds.
     """
 
     def __init__(
@@ -150,20 +154,18 @@ class PeerSender:
         transport: Transport,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
-        group_queue_size: int = DEFAULT_GROUP_QUEUE_SIZE,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_batch: int = DEFAULT_MAX_BATCH,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if queue_size < 1 or group_queue_size < 1:
-            raise ValueError("queue sizes must be at least 1")
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if queue_size < 1 or max_in_flight < 1 or max_batch < 1:
+            raise ValueError("queue_size, max_in_flight and max_batch must be at least 1")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         self.transport = transport
         self.queue_size = queue_size
-        self.group_queue_size = group_queue_size
-        self.concurrency = concurrency
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
         self.timeout = timeout
         self._queues: dict[str, _PeerQueue] = {}
         self._nursery_manager: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -207,24 +209,14 @@ class PeerSender:
                 if not self._closed:
                     raise RuntimeError("PeerSender.post outside its `async with` block")
                 return False
-            queue = self._queues[peer] = _PeerQueue(self.queue_size)
-            for i in range(self.concurrency):
-                nursery.start_soon(self._worker, peer, queue, name=f"PeerSender[{peer}]#{i}")
-        group = queue.groups.get(request.group_id)
-        if (
-            self._closed
-            or queue.queued >= self.queue_size
-            or (group is not None and len(group.items) >= self.group_queue_size)
-        ):
+            queue = self._queues[peer] = _PeerQueue()
+            nursery.start_soon(self._pump, peer, queue, nursery, name=f"PeerSender[{peer}]")
+        limit = self.queue_size * 2 if is_control(request) else self.queue_size
+        if self._closed or len(queue.items) >= limit:
             queue.dropped += 1
             return False
-        if group is None:
-            group = queue.groups[request.group_id] = _GroupQueue(request.group_id)
-        group.items.append((request, on_reply))
-        queue.queued += 1
-        if not group.scheduled:
-            group.scheduled = True
-            queue.ready[0].send_nowait(group)  # cannot block: see _PeerQueue's invariant
+        queue.items.append((request, on_reply))
+        queue.wake.set()
         return True
 
     def statistics(self) -> SenderStatistics:
@@ -232,23 +224,42 @@ class PeerSender:
             MappingProxyType({peer: q.statistics() for peer, q in self._queues.items()})
         )
 
-    async def _worker(self, peer: str, queue: _PeerQueue) -> None:
-        call = self.transport.call
-        timeout = self.timeout
-        async for group in queue.ready[1]:
-            request, on_reply = group.items.popleft()
-            queue.queued -= 1
-            result: GroupEnvelope | TransportError
-            queue.in_flight += 1
+    async def _pump(self, peer: str, queue: _PeerQueue, nursery: trio.Nursery) -> None:
+        send_batch = self.transport.send_batch
+        while True:
+            if not queue.items:
+                queue.wake = trio.Event()
+                await queue.wake.wait()
+            while queue.in_flight >= self.max_in_flight:
+                queue.room = trio.Event()
+                await queue.room.wait()
+            room = min(self.max_batch, self.max_in_flight - queue.in_flight)
+            items = queue.items
+            batch = [self._tracked(peer, queue, *items.popleft())
+                     for _ in range(min(room, len(items)))]
+            queue.in_flight += len(batch)
+            queue.batches += 1
             try:
-                result = await call(peer, request, timeout=timeout)
-            except TransportError as exc:
-                result = exc
-            except Exception as exc:  # a transport bug: report it as a failed call
-                log.exception("transport.call to %s raised an unexpected error", peer)
-                result = TransportError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}")
-            finally:
-                queue.in_flight -= 1
+                await send_batch(peer, batch, timeout=self.timeout, nursery=nursery)
+            except Exception as exc:  # a transport bug: fail the batch, keep the pump
+                log.exception("send_batch to %s raised", peer)
+                failure = TransportError(Status.UNKNOWN, f"{type(exc).__name__}: {exc}")
+                for _, done in batch:
+                    done(failure)
+
+    def _tracked(self, peer: str, queue: _PeerQueue, request: GroupEnvelope,
+                 on_reply: ReplyCallback) -> _Item:
+        """``request`` with a callback that also keeps the counters and logs failures."""
+
+        answered = False
+
+        def done(result: GroupEnvelope | TransportError) -> None:
+            nonlocal answered
+            if answered:
+                return  # a transport that answered twice: the first answer counts
+            answered = True
+            queue.in_flight -= 1
+            queue.room.set()
             if isinstance(result, TransportError):
                 queue.failed += 1
                 count = self._throttle.hit((peer, result.status))
@@ -261,12 +272,9 @@ class PeerSender:
                     )
             else:
                 queue.sent += 1
-            if group.items:
-                queue.ready[0].send_nowait(group)  # its turn again, behind the others
-            else:
-                group.scheduled = False
-                del queue.groups[group.group_id]
             try:
                 on_reply(result)
             except Exception:
                 log.exception("on_reply callback for a RaftStep to %s failed", peer)
+
+        return request, done

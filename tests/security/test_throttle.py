@@ -42,7 +42,7 @@ async def test_raft_send_failures_are_logged_at_powers_of_two(
 ) -> None:
     caplog.set_level(logging.WARNING, logger=peers.__name__)
     replies: list[object] = []
-    async with PeerSender(_DeadPeer(), concurrency=1) as sender:
+    async with PeerSender(_DeadPeer()) as sender:
         for _ in range(100):  # 100 heartbeats to a dead peer, 10 per second
             assert sender.post("dead", _heartbeat(), replies.append)
             await trio.sleep(0.1)

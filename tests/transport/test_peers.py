@@ -1,16 +1,24 @@
-"""PeerSender: bounded per-peer queues, per-peer concurrency, isolation of slow peers."""
+"""PeerSender: per-peer batching pumps, bounds with a control reserve, isolation of slow peers."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
+import trio.testing
 
-from nuraft_mesg.transport.base import Status, StepHandler, Transport, TransportError
+from nuraft_mesg.raft.types import LogEntry, LogType, Message, MsgType
+from nuraft_mesg.transport.base import (
+    ReplyCallback,
+    Status,
+    StepHandler,
+    Transport,
+    TransportError,
+)
 from nuraft_mesg.transport.codec import GroupEnvelope
-from nuraft_mesg.transport.peers import PeerSender
+from nuraft_mesg.transport.peers import PeerSender, is_control
 
 from . import cluster, make_reply, make_request, new_uuid
 
@@ -90,6 +98,48 @@ class Replies:
         return self.results
 
 
+class BatchTransport(FakeTransport):
+    """Records every batch; answers each request once ``gate`` (if any) is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[GroupEnvelope]] = []
+        self.gate: trio.Event | None = None
+        self.pending: list[tuple[GroupEnvelope, ReplyCallback]] = []
+
+    async def send_batch(
+        self,
+        peer: str,
+        batch: Sequence[tuple[GroupEnvelope, ReplyCallback]],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the Transport interface takes a timeout
+        nursery: trio.Nursery,
+    ) -> None:
+        self.batches.append([request for request, _ in batch])
+        self.pending.extend(batch)
+        self._notify()
+        if self.gate is None:
+            self.answer_all()
+
+    def answer_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for request, on_reply in pending:
+            on_reply(make_reply(request))
+
+    async def wait_batches(self, count: int) -> None:
+        with trio.fail_after(5):
+            while len(self.batches) < count:
+                await self.changed.wait()
+
+
+def heartbeat(group: str, peer: str) -> GroupEnvelope:
+    return make_request(group, peer)
+
+
+def append(group: str, peer: str, term: int = 1) -> GroupEnvelope:
+    return make_request(group, peer, term=term, payload=b"x")
+
+
 async def test_post_delivers_the_reply() -> None:
     transport = FakeTransport()
     replies = Replies()
@@ -102,6 +152,37 @@ async def test_post_delivers_the_reply() -> None:
         assert stats.peers["b"].sent == 1 and stats.sent == 1 and stats.failed == 0
 
 
+async def test_one_loop_turn_of_posts_is_one_batch_in_post_order() -> None:
+    transport = BatchTransport()
+    replies = Replies()
+    groups = [new_uuid() for _ in range(300)]
+    async with PeerSender(transport) as sender:
+        for i, group in enumerate(groups):  # no checkpoint in between: one loop turn
+            assert sender.post("b", append(group, "b", term=i + 1), replies)
+        await replies.wait(300)
+        assert len(transport.batches) == 1
+        assert [r.group_id for r in transport.batches[0]] == groups
+        for i, group in enumerate(groups):
+            assert sender.post("b" if i % 2 else "c", heartbeat(group, "b"), replies)
+        await replies.wait(600)
+        assert len(transport.batches) == 3  # one more batch per peer
+        stats = sender.statistics()
+        assert stats.peers["b"].batches == 2 and stats.peers["c"].batches == 1
+        assert stats.batches == 3 and stats.sent == 600
+
+
+async def test_max_batch_splits_a_turn_into_batches() -> None:
+    transport = BatchTransport()
+    replies = Replies()
+    async with PeerSender(transport, max_batch=64) as sender:
+        for i in range(200):
+            sender.post("b", append(GROUP, "b", term=i + 1), replies)
+        await replies.wait(200)
+    assert [len(b) for b in transport.batches] == [64, 64, 64, 8]
+    terms = [r.message.term for b in transport.batches for r in b]
+    assert terms == list(range(1, 201))
+
+
 async def test_transport_errors_reach_the_callback() -> None:
     async def fail(request: GroupEnvelope, limit: float) -> GroupEnvelope:
         raise TransportError(Status.UNAVAILABLE, "down")
@@ -112,7 +193,7 @@ async def test_transport_errors_reach_the_callback() -> None:
     transport = FakeTransport()
     transport.behaviours = {"down": fail, "buggy": bug}
     replies = Replies()
-    async with PeerSender(transport, concurrency=1) as sender:
+    async with PeerSender(transport) as sender:
         sender.post("down", make_request(GROUP, "down"), replies)
         sender.post("buggy", make_request(GROUP, "buggy"), replies)
         results = await replies.wait(2)
@@ -121,6 +202,28 @@ async def test_transport_errors_reach_the_callback() -> None:
         stats = sender.statistics()
         assert stats.peers["down"].failed == 1 and stats.peers["buggy"].failed == 1
         assert stats.failed == 2 and stats.sent == 0
+
+
+async def test_a_send_batch_that_raises_fails_its_batch_and_the_pump_goes_on() -> None:
+    class Broken(BatchTransport):
+        async def send_batch(self, peer: str, batch: Sequence[tuple[GroupEnvelope,
+                             ReplyCallback]], *, timeout: float,  # noqa: ASYNC109
+                             nursery: trio.Nursery) -> None:
+            if not self.batches:
+                self.batches.append([])
+                raise RuntimeError("transport bug")
+            await super().send_batch(peer, batch, timeout=timeout, nursery=nursery)
+
+    transport = Broken()
+    replies = Replies()
+    async with PeerSender(transport) as sender:
+        sender.post("b", heartbeat(GROUP, "b"), replies)
+        (first,) = await replies.wait(1)
+        assert isinstance(first, TransportError) and first.status == Status.UNKNOWN
+        sender.post("b", heartbeat(GROUP, "b"), replies)
+        results = await replies.wait(2)
+        assert isinstance(results[1], GroupEnvelope)
+        assert sender.statistics().peers["b"].in_flight == 0
 
 
 async def test_timeout_is_passed_to_the_transport() -> None:
@@ -139,31 +242,45 @@ async def test_timeout_is_passed_to_the_transport() -> None:
     assert seen == [0.75]
 
 
-async def test_full_queue_drops_and_counts() -> None:
-    transport = FakeTransport()
-    transport.behaviours["slow"] = hang
+async def test_bounds_drop_data_first_and_keep_a_reserve_for_control_messages() -> None:
+    transport = BatchTransport()
+    transport.gate = trio.Event()  # nothing is answered
     replies = Replies()
-    async with PeerSender(transport, queue_size=3, concurrency=2) as sender:
-
-        def post() -> bool:
-            return sender.post("slow", make_request(new_uuid(), "slow"), replies)
-
-        assert [post() for _ in range(4)] == [True] * 3 + [False]
-        await transport.wait_in_flight("slow", 2)  # the workers took two (different groups)
-        assert [post() for _ in range(3)] == [True, True, False]
-        stats = sender.statistics().peers["slow"]
-        assert (stats.dropped, stats.queued, stats.in_flight) == (2, 3, 2)
+    async with PeerSender(transport, queue_size=3, max_in_flight=2) as sender:
+        assert [sender.post("b", append(new_uuid(), "b"), replies) for _ in range(2)] == [True] * 2
+        await transport.wait_batches(1)  # the pump sent two: in flight is full
+        posts = [sender.post("b", append(new_uuid(), "b"), replies) for _ in range(4)]
+        assert posts == [True] * 3 + [False]
+        control = [sender.post("b", heartbeat(new_uuid(), "b"), replies) for _ in range(4)]
+        assert control == [True] * 3 + [False]  # the reserve: queue_size more
+        stats = sender.statistics().peers["b"]
+        assert (stats.dropped, stats.queued, stats.in_flight) == (2, 6, 2)
         assert sender.statistics().dropped == 2
-    assert replies.results == []  # abandoned at exit, no callbacks
+        transport.answer_all()  # room again: the pump sends the next two, in order
+        await transport.wait_batches(2)
+        assert [len(b) for b in transport.batches] == [2, 2]
+    assert len(replies.results) == 2  # the rest was abandoned at exit, no callbacks
+
+
+def test_votes_and_heartbeats_are_control_messages() -> None:
+    vote = Message(MsgType.REQUEST_VOTE_REQUEST, 2, 1, 2)
+    pre_vote = Message(MsgType.PRE_VOTE_REQUEST, 2, 1, 2)
+    assert is_control(GroupEnvelope(GROUP, "t", "b", vote))
+    assert is_control(GroupEnvelope(GROUP, "t", "b", pre_vote))
+    assert is_control(heartbeat(GROUP, "b"))
+    assert not is_control(append(GROUP, "b"))
+    entries = (LogEntry(1, LogType.CONFIG, b"{}"),)
+    join = Message(MsgType.JOIN_CLUSTER_REQUEST, 1, 1, 2, entries=entries)
+    assert not is_control(GroupEnvelope(GROUP, "t", "b", join))
 
 
 async def test_slow_peer_does_not_hold_up_other_peers() -> None:
     transport = FakeTransport()
     transport.behaviours["slow"] = hang
     replies = Replies()
-    async with PeerSender(transport, queue_size=4, concurrency=2) as sender:
+    async with PeerSender(transport, queue_size=4, max_in_flight=2) as sender:
         accepted = 0
-        while sender.post("slow", make_request(GROUP, "slow"), replies):
+        while sender.post("slow", append(GROUP, "slow"), replies):
             accepted += 1
         assert accepted == 4
         for _ in range(50):
@@ -173,29 +290,9 @@ async def test_slow_peer_does_not_hold_up_other_peers() -> None:
         assert sender.statistics().peers["fast"].sent == 50
 
 
-async def test_concurrency_is_bounded_per_peer() -> None:
-    gate = trio.Event()
-
-    async def wait_gate(request: GroupEnvelope, limit: float) -> GroupEnvelope:
-        await gate.wait()
-        return make_reply(request)
-
-    transport = FakeTransport()
-    transport.behaviours = {"b": wait_gate, "c": wait_gate}
-    replies = Replies()
-    async with PeerSender(transport, concurrency=3) as sender:
-        for _ in range(10):
-            sender.post("b", make_request(new_uuid(), "b"), replies)
-            sender.post("c", make_request(new_uuid(), "c"), replies)
-        await transport.wait_in_flight("b", 3)
-        await transport.wait_in_flight("c", 3)
-        gate.set()
-        await replies.wait(20)
-    assert transport.max_in_flight == {"b": 3, "c": 3}
-
-
-async def test_one_groups_requests_go_one_at_a_time_in_order() -> None:
-    """NuRaft keeps one request in flight per peer and group; other groups overtake."""
+async def test_unary_fallback_sends_one_groups_requests_one_at_a_time_in_order() -> None:
+    """Over a transport with only ``call`` (the base send_batch), NuRaft's one request in
+    flight per peer and group holds; other groups overtake."""
     gates = {term: trio.Event() for term in range(1, 6)}
     order: list[tuple[str, int]] = []
 
@@ -208,11 +305,12 @@ async def test_one_groups_requests_go_one_at_a_time_in_order() -> None:
     transport.behaviours["b"] = gated
     replies = Replies()
     first, second = new_uuid(), new_uuid()
-    async with PeerSender(transport, concurrency=4) as sender:
+    async with PeerSender(transport) as sender:
         for term in range(1, 6):
             assert sender.post("b", make_request(first, "b", term=term), replies)
+            await trio.testing.wait_all_tasks_blocked()  # each its own batch
         assert sender.post("b", make_request(second, "b", term=5), replies)
-        await transport.wait_in_flight("b", 2)  # one per group, although 4 workers are free
+        await transport.wait_in_flight("b", 2)  # one per group
         assert sorted(order) == sorted([(first, 1), (second, 5)])
         gates[5].set()  # the second group finishes while the first one's request 1 waits
         await replies.wait(1)
@@ -225,34 +323,7 @@ async def test_one_groups_requests_go_one_at_a_time_in_order() -> None:
     assert transport.max_in_flight["b"] == 2
 
 
-async def test_a_stuck_group_does_not_hold_up_other_groups_to_the_same_peer() -> None:
-    stuck = new_uuid()
-
-    async def stuck_group(request: GroupEnvelope, limit: float) -> GroupEnvelope:
-        if request.group_id == stuck:
-            await trio.sleep_forever()
-        return make_reply(request)
-
-    transport = FakeTransport()
-    transport.behaviours["b"] = stuck_group
-    replies = Replies()
-    async with PeerSender(transport, group_queue_size=3, concurrency=2) as sender:
-        posted = [sender.post("b", make_request(stuck, "b"), replies) for _ in range(5)]
-        assert posted == [True] * 3 + [False] * 2  # the group's own limit
-        await transport.wait_in_flight("b", 1)
-        # One more fits again now that one request left the queue for the wire.
-        assert sender.post("b", make_request(stuck, "b"), replies)
-        assert not sender.post("b", make_request(stuck, "b"), replies)
-        for i in range(20):
-            assert sender.post("b", make_request(GROUP, "b", term=i + 1), replies)
-            results = await replies.wait(i + 1)
-        answered = [r.message.term for r in results if isinstance(r, GroupEnvelope)]
-        assert answered == list(range(1, 21))
-        stats = sender.statistics().peers["b"]
-        assert (stats.in_flight, stats.queued, stats.dropped) == (1, 3, 3)
-
-
-async def test_a_failing_callback_does_not_stop_the_worker(
+async def test_a_failing_callback_does_not_stop_the_pump(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     transport = FakeTransport()
@@ -261,7 +332,7 @@ async def test_a_failing_callback_does_not_stop_the_worker(
     def explode(result: GroupEnvelope | TransportError) -> None:
         raise RuntimeError("callback bug")
 
-    async with PeerSender(transport, concurrency=1) as sender:
+    async with PeerSender(transport) as sender:
         sender.post("b", make_request(GROUP, "b"), explode)
         sender.post("b", make_request(GROUP, "b"), replies)
         await replies.wait(1)
@@ -273,10 +344,10 @@ async def test_exit_cancels_calls_in_flight_promptly() -> None:
     transport.behaviours["slow"] = hang
     replies = Replies()
     with trio.fail_after(5):
-        async with PeerSender(transport, concurrency=2) as sender:
+        async with PeerSender(transport) as sender:
             for _ in range(5):
                 sender.post("slow", make_request(new_uuid(), "slow"), replies)
-            await transport.wait_in_flight("slow", 2)
+            await transport.wait_in_flight("slow", 5)
     assert transport.in_flight["slow"] == 0
     assert replies.results == []
     assert not sender.post("slow", make_request(GROUP, "slow"), replies)
@@ -293,12 +364,9 @@ async def test_misuse_is_refused() -> None:
     with pytest.raises(RuntimeError):
         async with sender:
             pass  # pragma: no cover
-    with pytest.raises(ValueError):
-        PeerSender(transport, queue_size=0)
-    with pytest.raises(ValueError):
-        PeerSender(transport, concurrency=0)
-    with pytest.raises(ValueError):
-        PeerSender(transport, timeout=0.0)
+    for bad in ({"queue_size": 0}, {"max_in_flight": 0}, {"max_batch": 0}, {"timeout": 0.0}):
+        with pytest.raises(ValueError):
+            PeerSender(transport, **bad)  # type: ignore[arg-type]
 
 
 async def test_an_error_in_the_block_comes_out_unwrapped() -> None:
@@ -313,7 +381,7 @@ async def test_an_error_in_the_block_comes_out_unwrapped() -> None:
 
 def test_statistics_are_frozen() -> None:
     stats = PeerSender(FakeTransport()).statistics()
-    assert stats.sent == stats.failed == stats.dropped == 0
+    assert stats.sent == stats.failed == stats.dropped == stats.batches == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.peers = {}  # type: ignore[misc]
 
@@ -329,11 +397,13 @@ async def test_over_grpc_slow_peer_fills_its_queue_while_another_is_served() -> 
     async with cluster(3) as (_, (a, slow, fast)):
         slow.handler.step = slow_step
         replies = Replies()
-        async with PeerSender(a.transport, queue_size=4, concurrency=2, timeout=10) as sender:
-            while sender.post(slow.uuid, make_request(new_uuid(), slow.uuid), replies):
-                pass
+        async with PeerSender(a.transport, queue_size=4, max_in_flight=2, timeout=10) as sender:
+            for _ in range(2):
+                assert sender.post(slow.uuid, append(new_uuid(), slow.uuid), replies)
             with trio.fail_after(5):
                 await entered.wait()
+                while sender.post(slow.uuid, append(new_uuid(), slow.uuid), replies):
+                    pass
                 for i in range(20):
                     request = make_request(GROUP, fast.uuid, term=i + 1)
                     assert sender.post(fast.uuid, request, replies)
@@ -344,5 +414,6 @@ async def test_over_grpc_slow_peer_fills_its_queue_while_another_is_served() -> 
             )
             stats = sender.statistics()
             assert stats.peers[slow.uuid].dropped == 1
+            assert stats.peers[slow.uuid].queued == 4
             assert stats.peers[slow.uuid].in_flight == 2
             assert stats.peers[fast.uuid].sent == 20
