@@ -159,8 +159,9 @@ class ManagerConfig:
     sends raise ServerNotFound."""
     data_request_timeout: float = 2.0
     """Deadline of one data-service call (data_request_deadline_secs)."""
-    peer_queue_size: int = 1024
-    """Outbound messages queued per peer before new ones are dropped (Raft retries)."""
+    peer_queue_size: int = 16384
+    """Outbound messages queued per peer before new ones are dropped (Raft retries); votes
+    and heartbeats may use as many again (see :mod:`nuraft_mesg.transport.peers`)."""
     data_dir: str | None = None
     """Directory of the durable default store (``<data_dir>/nuraft.db``, see
     :mod:`nuraft_mesg.storage.sqlite`).  When set, the Manager persists the log, hard state and
