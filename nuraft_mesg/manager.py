@@ -511,6 +511,7 @@ class Manager:
             logger=self.log,
             on_change=self._notify_changed,
             core_factory=self._core_factory,
+            apply_timeout=self.config.client_request_timeout,
         )
         scope = trio.CancelScope()
 
@@ -711,16 +712,17 @@ class Manager:
         """
         group = self._get(group_id)
         data = [bytes(e) for e in entries]
+        proposal = await group.propose(data)
         try:
-            prop, slot = await group.propose(data)
+            return await proposal.applied.wait()  # RaftTimeout after client_request_timeout
         except NotLeader as exc:
             if not group.params.auto_forwarding or exc.leader_id == NO_LEADER:
                 raise
-            prop, leader_result = await self._forward(group, exc.leader_id, data)
-            slot = group.watch_apply(prop, known_results=[leader_result])
+            leader = exc.leader_id
         with trio.move_on_after(self.config.client_request_timeout):
-            return await slot.wait()
-        raise RaftTimeout(f"entries {prop.first_index}..{prop.last_index} not applied in time")
+            prop, leader_result = await self._forward(group, leader, data)
+            return await group.watch_apply(prop, known_results=[leader_result]).wait()
+        raise RaftTimeout("forwarded entries not applied in time")
 
     async def _forward(
         self, group: RaftGroup, leader: int, data: list[bytes]
