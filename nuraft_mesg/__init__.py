@@ -4,7 +4,8 @@ The public API is re-exported here; submodules are organised by layer:
 
 * :mod:`nuraft_mesg.raft` -- the sans-IO Raft core (no trio, no sockets, no clock);
 * :mod:`nuraft_mesg.storage` -- the persistence interfaces and in-memory implementations;
-* :mod:`nuraft_mesg.transport` -- the wire codec, the purerpc transport, per-peer queues;
+* :mod:`nuraft_mesg.transport` -- the wire codec, the purerpc transport, per-peer queues, TLS
+  and token authentication;
 * :mod:`nuraft_mesg.manager` -- the Manager and group contexts (the trio runtime);
 * :mod:`nuraft_mesg.testing` -- harnesses for testing code built on this library.
 
@@ -60,6 +61,11 @@ _EXPORTS: dict[str, str] = {
     "KVStateMachine": "nuraft_mesg.storage.memory",
     "MemoryLogStore": "nuraft_mesg.storage.memory",
     "MemoryStateManager": "nuraft_mesg.storage.memory",
+    "StaticTokenClient": "nuraft_mesg.transport.security",
+    "StaticTokenVerifier": "nuraft_mesg.transport.security",
+    "TlsConfig": "nuraft_mesg.transport.security",
+    "TokenClient": "nuraft_mesg.transport.security",
+    "TokenVerifier": "nuraft_mesg.transport.security",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -105,6 +111,11 @@ if TYPE_CHECKING:
     from nuraft_mesg.storage.memory import KVStateMachine as KVStateMachine
     from nuraft_mesg.storage.memory import MemoryLogStore as MemoryLogStore
     from nuraft_mesg.storage.memory import MemoryStateManager as MemoryStateManager
+    from nuraft_mesg.transport.security import StaticTokenClient as StaticTokenClient
+    from nuraft_mesg.transport.security import StaticTokenVerifier as StaticTokenVerifier
+    from nuraft_mesg.transport.security import TlsConfig as TlsConfig
+    from nuraft_mesg.transport.security import TokenClient as TokenClient
+    from nuraft_mesg.transport.security import TokenVerifier as TokenVerifier
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,12 @@
     nuraft-mesg client --server UUID1 --peer UUID1=127.0.0.1:7001 ... -g GROUP --add UUID4
     nuraft-mesg client --server UUID1 --peer ... -g GROUP --remove UUID2
 
+Both take the TLS and token options of :mod:`nuraft_mesg.cli_security` (``--tls-ca``,
+``--tls-cert``/``--tls-key``, ``--tls-server-name``, ``--mtls``, ``--token-file``/``--token-env``)
+for nodes that serve TLS or verify tokens::
+
+    nuraft-mesg status --server node1.example:7001 --tls-ca ca.pem --token-file token.txt
+
 ``--server`` names the node to talk to: a uuid listed by ``--peer``/``--peers-file``, or a
 ``host:port`` (the node is then asked for its uuid).  The client follows leader redirects,
 so it needs the address of every node that may lead the group (the same directory the nodes
@@ -28,8 +34,10 @@ from typing import TextIO
 import trio
 
 from nuraft_mesg.admin import format_status
+from nuraft_mesg.cli_security import Security, add_security_arguments, parse_args_with_security
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
+from nuraft_mesg.transport.base import Status, TransportError
 
 __all__ = ["client_main", "load_peers", "parse_peer", "status_main"]
 
@@ -66,6 +74,13 @@ def load_peers(path: Path) -> dict[str, str]:
     return peers
 
 
+_SECURITY_EPILOG = (
+    "Nodes that serve TLS need --tls-ca (or a certificate the system trusts); nodes with "
+    "mutual TLS also need --tls-cert/--tls-key; nodes that verify tokens need --token-file "
+    "or --token-env.  See docs/security.md, 'From the command line'."
+)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, metavar="NODE",
                         help="the node to talk to: a uuid from the peers, or HOST:PORT")
@@ -75,6 +90,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="node addresses, one UUID=HOST:PORT per line (or JSON)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="deadline of one request in seconds (default 5)")
+    add_security_arguments(parser, serving=False)
 
 
 def _peers(args: argparse.Namespace) -> dict[str, str]:
@@ -83,16 +99,37 @@ def _peers(args: argparse.Namespace) -> dict[str, str]:
     return peers
 
 
-def _run(fn: Callable[[argparse.Namespace, TextIO], Awaitable[None]],
-         args: argparse.Namespace, out: TextIO) -> int:
+def _error_line(exc: RaftError, security: Security) -> str:
+    """``error: CODE: message``.  A node's refusal of the call's credentials is reported
+    with its gRPC status (UNAUTHENTICATED, PERMISSION_DENIED) rather than the NuRaft code it
+    maps to (BAD_REQUEST), and a hint."""
+    cause = exc.__cause__ or exc.__context__  # the client raises from the TransportError
+    if isinstance(cause, TransportError):
+        if cause.status == Status.UNAUTHENTICATED and security.token_client is None:
+            return (f"error: UNAUTHENTICATED: {exc} (the node requires a token: give it with "
+                    "--token-file or --token-env)")
+        if cause.status in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
+            return f"error: {cause.status.name}: {exc} (the node refused this token)"
+    return f"error: {exc.code.name}: {exc}"
+
+
+def _run(fn: Callable[[argparse.Namespace, Security, TextIO], Awaitable[None]],
+         args: argparse.Namespace, security: Security, out: TextIO) -> int:
     try:
-        trio.run(fn, args, out)
+        trio.run(fn, args, security, out)
     except RaftError as exc:
-        print(f"error: {exc.code.name}: {exc}", file=sys.stderr)
+        print(_error_line(exc, security), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _client_for(args: argparse.Namespace, security: Security,
+                retry_timeout: float = 10.0) -> ExternalClient:
+    return ExternalClient(_peers(args), request_timeout=args.timeout,
+                          retry_timeout=retry_timeout, tls=security.tls,
+                          token_client=security.token_client)
 
 
 # -- client -----------------------------------------------------------------------------------
@@ -102,6 +139,7 @@ def client_parser() -> argparse.ArgumentParser:
         description="An external client (not a group member): add or remove a member, or "
         "append an entry, through any member; leader redirects are followed and "
         "SERVER_IS_JOINING / CONFIG_CHANGING retried with a bounded back-off.",
+        epilog=_SECURITY_EPILOG,
     )
     _add_common(parser)
     parser.add_argument("-g", "--group", required=True, help="group uuid")
@@ -116,9 +154,8 @@ def client_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _client(args: argparse.Namespace, out: TextIO) -> None:
-    async with ExternalClient(_peers(args), request_timeout=args.timeout,
-                              retry_timeout=args.retry_timeout) as client:
+async def _client(args: argparse.Namespace, security: Security, out: TextIO) -> None:
+    async with _client_for(args, security, retry_timeout=args.retry_timeout) as client:
         dest = await client.resolve(args.server)
         if args.add is not None:
             await client.add_server(args.group, args.add, dest, priority=args.priority,
@@ -134,8 +171,8 @@ async def _client(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def client_main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    args = client_parser().parse_args(argv)
-    return _run(_client, args, out or sys.stdout)
+    args, security = parse_args_with_security(client_parser(), argv, serving=False)
+    return _run(_client, args, security, out or sys.stdout)
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -145,6 +182,7 @@ def status_parser() -> argparse.ArgumentParser:
         description="Print a node's groups (Admin/Status): leader, term, commit index, "
         "members and their lag (known for every member on the leader, for itself only on "
         "a follower).",
+        epilog=_SECURITY_EPILOG,
     )
     _add_common(parser)
     parser.add_argument("-g", "--group", action="append", default=[],
@@ -153,9 +191,8 @@ def status_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _status(args: argparse.Namespace, out: TextIO) -> None:
-    peers = _peers(args)
-    async with ExternalClient(peers, request_timeout=args.timeout) as client:
+async def _status(args: argparse.Namespace, security: Security, out: TextIO) -> None:
+    async with _client_for(args, security) as client:
         status = await client.status(args.server, tuple(args.group))
     if args.json:
         json.dump(dataclasses.asdict(status), out, indent=2)
@@ -166,5 +203,5 @@ async def _status(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def status_main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    args = status_parser().parse_args(argv)
-    return _run(_status, args, out or sys.stdout)
+    args, security = parse_args_with_security(status_parser(), argv, serving=False)
+    return _run(_status, args, security, out or sys.stdout)

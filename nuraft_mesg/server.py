@@ -14,6 +14,16 @@ to it.  Writes come from members (``append_entries``) or from external clients s
 machine is the in-memory :class:`~nuraft_mesg.storage.memory.KVStateMachine`, rebuilt from the
 durable log on every start.
 
+TLS and tokens (docs/security.md, "From the command line")::
+
+    python -m nuraft_mesg server ... --tls-cert node.pem --tls-key node.key --tls-ca ca.pem \\
+        --mtls --token-file /etc/nuraft/token
+
+``--tls-cert``/``--tls-key`` serve TLS and make every channel to a peer TLS, verified against
+``--tls-ca``; ``--mtls`` requires client certificates signed by it.  The token (from a file or an
+environment variable, never from the command line) is both required on every inbound call and
+sent on every outbound one, so every node of a cluster is given the same options.
+
 ``--ready-file PATH`` is written (atomically, as JSON with the port and the pid) once the node
 serves and every ``--create-group`` group holds all its peers.  SIGTERM or Ctrl-C shut the
 node down cleanly; SIGKILL is a crash the store is built to survive.
@@ -31,6 +41,7 @@ from pathlib import Path
 import trio
 
 from nuraft_mesg.app import InMemoryApplication
+from nuraft_mesg.cli_security import Security, add_security_arguments, parse_args_with_security
 from nuraft_mesg.demo import run_until_interrupted
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.manager import Manager, ManagerConfig
@@ -66,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--election-ms", type=int, nargs=2, default=(150, 300),
                         metavar=("LOW", "HIGH"))
     parser.add_argument("--ready-file", type=Path)
+    add_security_arguments(parser, serving=True)
     return parser
 
 
@@ -91,11 +103,27 @@ async def _bootstrap(mgr: Manager, group_id: str, group_type: str, peers: list[s
     log.info("group %s has %d members", group_id, len(peers) + 1)
 
 
-async def serve(args: argparse.Namespace) -> None:
+def _describe(security: Security) -> str:
+    tls = security.tls
+    parts = ["plain TCP" if tls is None else "mutual TLS" if tls.mutual else "TLS"]
+    if security.token_verifier is not None:
+        parts.append("token required")
+    return ", ".join(parts)
+
+
+async def serve(args: argparse.Namespace, security: Security | None = None) -> None:
+    security = security or Security(None, None, None)
     directory = dict(args.peer)
     app = InMemoryApplication(args.uuid, directory)
+    tls = security.tls
     config = ManagerConfig(server_uuid=args.uuid, host=args.host, port=args.port,
-                           data_dir=str(args.data_dir), default_group_type=args.group_type)
+                           data_dir=str(args.data_dir), default_group_type=args.group_type,
+                           ssl_cert=tls.cert_file if tls else "",
+                           ssl_key=tls.key_file if tls else "",
+                           ssl_ca=tls.ca_file if tls else "",
+                           ssl_mutual=tls.mutual if tls else False,
+                           token_client=security.token_client,
+                           token_verifier=security.token_verifier)
     params = RaftParams(heartbeat_interval_ms=args.heartbeat_ms,
                         election_timeout_ms=tuple(args.election_ms))
     async with Manager(config, app) as mgr:
@@ -107,11 +135,12 @@ async def serve(args: argparse.Namespace) -> None:
             tmp = args.ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"port": mgr.port, "pid": os.getpid()}))
             tmp.replace(args.ready_file)
-        log.info("node %s serving on %s:%d", args.uuid, args.host, mgr.port)
+        log.info("node %s serving on %s:%d (%s)", args.uuid, args.host, mgr.port,
+                 _describe(security))
         await trio.sleep_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    interrupted = trio.run(run_until_interrupted, serve, args)
+    args, security = parse_args_with_security(_parser(), argv, serving=True)
+    interrupted = trio.run(run_until_interrupted, serve, args, security)
     return 0 if interrupted else 1
