@@ -22,6 +22,15 @@ Snapshots (when ``snapshot_distance > 0`` and the state machine supports them) a
 movement only: the runtime creates one every ``snapshot_distance`` applied entries and tells
 the core, reads the objects the core asks for, stages and installs what it receives, and
 compacts the log store where the Ready says; the core decides everything else.
+
+Quiet idle groups (``RaftParams.quiesce_after_ms``): an idle leader whose followers hold the
+whole committed log marks one last heartbeat round *quiesce* and stops its heartbeat timer; a
+follower that accepts it stops its election timer.  Anything else in the inbox wakes the
+group.  Only timers change, so Raft's safety is untouched; a dead leader of a quiet group is
+noticed by the Manager (node-level pings and ``peer_lost``), which calls :meth:`leader_lost`.
+Heartbeat deadlines lie on a grid (multiples of the interval on trio's clock), so all leader
+groups heartbeat in the same loop turn and their heartbeats leave to each peer as one batch.
+docs/raft-core.md has the details.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from nuraft_mesg.errors import (
     StorageError,
     TermMismatch,
 )
-from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode
+from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode, ReplState, Role
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.ready import (
     BecomeFollower,
@@ -70,13 +79,14 @@ from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.peers import PeerSender
 
-__all__ = ["GroupStatistics", "PeerInfo", "RaftGroup", "ReplicaConfig", "Slot"]
+__all__ = ["Callback", "GroupStatistics", "PeerInfo", "RaftGroup", "ReplicaConfig", "Slot"]
 
 T = TypeVar("T")
 
 _CLIENT_TYPES = frozenset(
     {MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST, MsgType.REMOVE_SERVER_REQUEST}
 )
+_VOTE_TYPES = frozenset({MsgType.PRE_VOTE_REQUEST, MsgType.REQUEST_VOTE_REQUEST})
 _MAX_BATCH = 256
 """Inbox items handled before one Ready is drained: proposals from many callers arriving in
 the same loop turn share one storage write and one round of appends (group commit)."""
@@ -113,12 +123,37 @@ class Slot(Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
+class Callback(Generic[T]):
+    """A one-shot result handed to a function instead of awaited: requests taken by the
+    transport's fast path (``Manager.step_nowait``) have no task waiting for their answer.
+    ``fn`` is called once, in the group's task, with the value or the error; it must not
+    block."""
+
+    __slots__ = ("_fn", "done")
+
+    def __init__(self, fn: Callable[[T | RaftError], None]) -> None:
+        self._fn = fn
+        self.done = False
+
+    def set(self, value: T) -> None:
+        if not self.done:
+            self.done = True
+            self._fn(value)
+
+    def fail(self, error: RaftError) -> None:
+        if not self.done:
+            self.done = True
+            self._fn(error)
+
+
 @dataclass(slots=True)
 class _Request:
     message: Message
-    reply: Slot[Message]
+    reply: Slot[Message] | Callback[Message]
     applied: Slot[list[bytes]] | None = None
     """For an accepted client_request: its entries' apply results (see _answer)."""
+    quiesce: bool = False
+    """A heartbeat marked quiesce by its sender (and this group may go quiet)."""
 
 
 @dataclass(slots=True)
@@ -200,6 +235,9 @@ class GroupStatistics:
     append_latency_us_total: int
     """Sum of AppendEntries handling times (nuraft_mesg's append_entries_latency_us)."""
     append_requests: int
+    quiet: bool = False
+    """The group is quiet here: idle, with no heartbeat (leader) or election (follower)
+    timer running (see ``RaftParams.quiesce_after_ms``)."""
 
 
 class RaftGroup:
@@ -221,9 +259,16 @@ class RaftGroup:
         on_change: Callable[[], None] | None = None,
         core_factory: Callable[..., RaftNode] | None = None,
         apply_timeout: float = math.inf,
+        quiesce: bool = False,
+        on_quiet: Callable[[RaftGroup, str, bool], None] | None = None,
     ) -> None:
         """``apply_timeout``: seconds a :meth:`propose` may wait to be applied before its
-        slot fails with :class:`~nuraft_mesg.errors.RaftTimeout`."""
+        slot fails with :class:`~nuraft_mesg.errors.RaftTimeout`.
+
+        ``quiesce``: idle groups may go quiet (the Manager passes its transport's
+        ``supports_ping``).  ``on_quiet(group, leader_uuid, quiet)`` is called whenever the
+        group goes quiet or wakes; ``leader_uuid`` is the leader a quiet follower relies on
+        ("" on the leader itself)."""
         self.group_id = group_id
         self.group_type = group_type
         self.params = params
@@ -291,6 +336,24 @@ class RaftGroup:
         self._dropped = 0
         self._append_latency_us = 0
         self._append_requests = 0
+        # -- quiescing (timers only; see _should_quiesce and docs/raft-core.md) ------------
+        self._quiesce_after = params.quiesce_after_s if quiesce else None
+        self._on_quiet = on_quiet
+        self._rng = rng if rng is not None else random.Random(f"{server_uuid}/{group_id}")
+        self.quiet = False
+        self._quiet_key = ""
+        self._active_at = 0.0
+        """When the log last grew or a proposal arrived (set in run)."""
+        self._seen_last_index = self.core.log.last_index
+        self._hb_commit = -1
+        """The commit index the last heartbeat round carried."""
+        self._quiesce_round = False
+        """The heartbeat round being sent is the last before going quiet."""
+        self._woken = False
+        """Something other than quiet traffic was handled in this turn of the loop."""
+        self._go_quiet = False
+        """A follower accepted its leader's quiesce heartbeat in this turn."""
+        self._wait_scope: trio.CancelScope | None = None
 
     # ==========================================================================================
     # Queries (safe from any task: they read state the loop task writes between checkpoints)
@@ -351,6 +414,7 @@ class RaftGroup:
             messages_dropped=self._dropped,
             append_latency_us_total=self._append_latency_us,
             append_requests=self._append_requests,
+            quiet=self.quiet,
         )
 
     # ==========================================================================================
@@ -369,12 +433,34 @@ class RaftGroup:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise Cancelled(f"group {self.group_id} is stopped") from None
 
-    async def handle_request(self, msg: Message) -> Message:
+    async def handle_request(self, msg: Message, *, quiesce: bool = False) -> Message:
         """A RaftStep request for this group: returns the core's answer, sent only once
-        whatever it promises is durable."""
+        whatever it promises is durable.  ``quiesce``: the envelope's quiesce hint."""
         slot: Slot[Message] = Slot()
-        await self._submit(_Request(msg, slot))
+        await self._submit(_Request(msg, slot, quiesce=quiesce and self._quiesce_after is not None))
         return await slot.wait()
+
+    def handle_request_nowait(
+        self,
+        msg: Message,
+        on_reply: Callable[[Message | RaftError], None],
+        *,
+        quiesce: bool = False,
+    ) -> None:
+        """:meth:`handle_request` without waiting: queue ``msg`` and call ``on_reply`` once,
+        from the group's task, with the answer (or a RaftError when the group stops first).
+
+        Raises:
+            trio.WouldBlock: the inbox is full (nothing was queued).
+            Cancelled, Failed: the group is stopped.
+        """
+        self._check_running()
+        item = _Request(msg, Callback(on_reply),
+                        quiesce=quiesce and self._quiesce_after is not None)
+        try:
+            self._inbox_send.send_nowait(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Cancelled(f"group {self.group_id} is stopped") from None
 
     async def handle_client_request(
         self, msg: Message
@@ -382,9 +468,10 @@ class RaftGroup:
         """:meth:`handle_request` for a client_request; when accepted, also a slot for its
         entries' apply results, watched from the moment of the answer (the caller may
         resume only after they were applied: a one-member group commits at once)."""
-        req = _Request(msg, Slot())
+        slot: Slot[Message] = Slot()
+        req = _Request(msg, slot)
         await self._submit(req)
-        reply = await req.reply.wait()
+        reply = await slot.wait()
         return reply, req.applied
 
     def deliver_reply(self, reply: GroupEnvelope | Exception, peer: int) -> None:
@@ -471,14 +558,16 @@ class RaftGroup:
     # ==========================================================================================
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        self._active_at = trio.current_time()
         try:
             await self._process_ready()
             while True:
                 deadline = min(self._election_deadline, self._heartbeat_deadline,
                                self._next_expiry())
                 item: _Item | None = None
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(deadline) as self._wait_scope:  # see _retime
                     item = await self._inbox_recv.receive()
+                self._wait_scope = None
                 if item is not None:
                     self._handle(item)
                     for _ in range(_MAX_BATCH):
@@ -491,10 +580,13 @@ class RaftGroup:
                     self._election_deadline = math.inf
                     self.core.election_timeout()
                 if now >= self._heartbeat_deadline:
-                    self._heartbeat_deadline = now + self._heartbeat_interval
+                    self._heartbeat_deadline = self._next_heartbeat(now)
+                    self._quiesce_round = self._should_quiesce(now)
+                    self._hb_commit = self.core.commit
                     self.core.heartbeat_timeout()
                 self._expire(now)
                 await self._process_ready()
+                self._settle_quiet()
         except Exception as exc:
             self.failed = exc
             self.log.error("group stopped by an error: %r", exc, exc_info=True)
@@ -504,6 +596,7 @@ class RaftGroup:
                 self.log.exception("system_exit hook failed")
         finally:
             self.stopped = True
+            self._set_quiet(False)
             self._inbox_send.close()
             self._fail_everyone(self.failed)
             self._notify()
@@ -558,13 +651,25 @@ class RaftGroup:
         core = self.core
         if isinstance(item, _Reply):
             # Replies are not counted: "received" is nuraft_mesg's group_steps (requests).
-            self._last_response[item.message.src] = trio.current_time()
-            core.step(item.message)
+            m = item.message
+            if not (m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted
+                    and m.term == core.term and m.next_index > core.log.last_index):
+                self._stir()  # anything but an acknowledgement of the whole log wakes us
+            self._last_response[m.src] = trio.current_time()
+            core.step(m)
         elif isinstance(item, _Request):
+            if not item.quiesce:  # a quiesce heartbeat is judged by its answer (_answer)
+                m = item.message
+                if (self.quiet and m.type in _VOTE_TYPES and m.src == core.leader_id
+                        and core.role == Role.FOLLOWER):
+                    # The leader we rest on campaigns: it no longer leads (it restarted).
+                    self._elect_soon()
+                self._stir()
             self._received += 1
             self._pending_replies.append(item)
             core.step(item.message)
         elif isinstance(item, _Proposal):
+            self._stir()
             try:
                 prop = core.propose(item.data)
             except RaftError as exc:
@@ -576,6 +681,7 @@ class RaftGroup:
                     item.deadline = trio.current_time() + self._apply_timeout
                     self._expiries.append(item)
         else:
+            self._stir()
             try:
                 item.result.set(item.fn(core))
             except RaftError as exc:
@@ -699,7 +805,9 @@ class RaftGroup:
             self.log.warning("no endpoint for server %d; dropping %s", m.dest, m.type.name)
             self._dropped += 1
             return
-        env = GroupEnvelope(self.group_id, self.group_type, peer_uuid, m)
+        env = GroupEnvelope(self.group_id, self.group_type, peer_uuid, m,
+                            quiesce=self._quiesce_round and not m.entries
+                            and m.type == MsgType.APPEND_ENTRIES_REQUEST)
         dest = m.dest
 
         def on_reply(reply: GroupEnvelope | Exception) -> None:
@@ -719,6 +827,8 @@ class RaftGroup:
                     last = m.next_index - 1
                     req.applied = self.watch_apply(
                         Proposal(m.term, last - len(r.entries) + 1, last))
+                if req.quiesce:
+                    self._quiesce_answered(r, m)
                 req.reply.set(m)
                 return
         self.log.debug("unmatched response %s to %d", m.type.name, m.dest)
@@ -787,6 +897,121 @@ class RaftGroup:
     def learn_endpoint(self, server_id: int, endpoint: str) -> None:
         """Record a peer's uuid before it is in any config (a server being added)."""
         self._endpoints[server_id] = endpoint
+
+    # -- quiescing (only timers change: see docs/raft-core.md, "Quiet idle groups") ---------
+    def _should_quiesce(self, now: float) -> bool:
+        """At a heartbeat tick: whether this leader's round is its last before going quiet.
+        The group has been idle for ``quiesce_after``, every follower holds the whole log
+        and a heartbeat already told them the commit index, and nothing is in flight."""
+        after = self._quiesce_after
+        core = self.core
+        if (after is None or self.quiet or self._woken or not core.is_leader
+                or now - self._active_at < after or self._hb_commit != core.commit):
+            return False
+        last = core.log.last_index
+        if (core.commit != last or self.applied_index != last or core.config_changing
+                or core.joining_server is not None or core.transferring_leadership):
+            return False
+        return all(pr.match == last and pr.state == ReplState.REPLICATE and not pr.inflight
+                   and not pr.joining for pr in core.progress.values())
+
+    def _quiesce_answered(self, req: Message, reply: Message) -> None:
+        """A quiesce heartbeat was answered: go quiet if it came from our leader and we
+        accepted it; else it wakes us like any other request."""
+        core = self.core
+        if (reply.accepted and not req.entries and core.role == Role.FOLLOWER
+                and core.leader_id == req.src and core.term == req.term):
+            self._go_quiet = True
+        else:
+            self._stir()
+
+    def _settle_quiet(self) -> None:
+        """End of a loop turn: go quiet if this turn's traffic says so, note activity."""
+        core = self.core
+        if not self._woken:
+            if self._go_quiet and core.role == Role.FOLLOWER and self.leader_id:
+                self._election_deadline = math.inf
+                self._set_quiet(True, self.leader_id)
+            elif self._quiesce_round and core.is_leader:
+                self._heartbeat_deadline = math.inf
+                self._set_quiet(True, "")
+        self._woken = self._go_quiet = self._quiesce_round = False
+        last = core.log.last_index
+        if last != self._seen_last_index:
+            self._seen_last_index = last
+            self._active_at = trio.current_time()
+
+    def _stir(self) -> None:
+        """Traffic other than quiet heartbeats (and their acknowledgements) arrived."""
+        self._woken = True
+        if self.quiet:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Leave the quiet state: a leader heartbeats at once (which wakes its followers),
+        a follower re-arms a randomized election timeout."""
+        self._set_quiet(False)
+        now = trio.current_time()
+        if self.core.is_leader:
+            self._heartbeat_deadline = now
+        elif self._election_deadline == math.inf:
+            low, high = self.params.election_timeout_ms
+            self._election_deadline = now + self._rng.uniform(low, high) / 1000
+        self._retime()
+
+    def _elect_soon(self) -> None:
+        """Campaign within half the lower election timeout (the leader looks dead)."""
+        self._set_quiet(False)
+        half_low = self.params.election_timeout_ms[0] / 2000
+        soon = trio.current_time() + self._rng.uniform(0, half_low)
+        self._election_deadline = min(self._election_deadline, soon)
+        self._retime()
+
+    def leader_lost(self, peer: str) -> bool:
+        """The node ``peer`` looks dead (its connection broke and a ping failed, or pings
+        failed for a while): if it leads this group and we follow, campaign soon (within
+        half the lower election timeout), quiet or not.  Safe from any task.  True if it
+        did."""
+        core = self.core
+        if (self.stopped or core.role != Role.FOLLOWER or core.leader_id == NO_LEADER
+                or self.leader_id != peer):
+            return False
+        self._elect_soon()
+        return True
+
+    def _set_quiet(self, quiet: bool, leader: str = "") -> None:
+        if quiet == self.quiet:
+            return
+        self.quiet = quiet
+        if quiet:
+            self._quiet_key = leader
+        else:
+            leader, self._quiet_key = self._quiet_key, ""
+        self.log.debug("%s", "quiet" if quiet else "awake")
+        if self._on_quiet is not None:
+            try:
+                self._on_quiet(self, leader, quiet)
+            except Exception:
+                self.log.exception("on_quiet hook failed")
+
+    def _retime(self) -> None:
+        """A timer moved from outside the wait (another task, or a wake): let the loop's
+        wait end by the new deadline."""
+        scope = self._wait_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, self._election_deadline,
+                                 self._heartbeat_deadline)
+
+    def _next_heartbeat(self, now: float) -> float:
+        """The next heartbeat deadline: the next multiple of the interval on trio's clock
+        (at least half an interval away), so that every leader group with this interval
+        ticks in the same loop turn and their heartbeats leave to each peer as one batch
+        (coalesced heartbeats)."""
+        interval = self._heartbeat_interval
+        nxt = (math.floor(now / interval) + 1) * interval
+        if nxt - now < interval / 2:
+            nxt += interval
+        return nxt
 
     # -- timers ------------------------------------------------------------------------------
     def _apply_timers(self, rd: Ready) -> None:

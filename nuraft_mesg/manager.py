@@ -10,7 +10,8 @@
 
 Structure (and so shutdown order) is expressed by nesting, not by bookkeeping::
 
-    nursery "infra":      the transport's server task
+    nursery "infra":      the transport's server task; the liveness task (pings the nodes
+                          that lead quiet groups here) and peer_lost probes
       PeerSender:         per-peer outbound queues and their workers
         nursery "groups": one task per group
 
@@ -58,7 +59,14 @@ from nuraft_mesg.raft.types import (
 )
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.sqlite import SqliteStore
-from nuraft_mesg.transport.base import DataRequest, Status, StepError, Transport, TransportError
+from nuraft_mesg.transport.base import (
+    DataRequest,
+    Status,
+    StepError,
+    StepReply,
+    Transport,
+    TransportError,
+)
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.peers import PeerSender
 from nuraft_mesg.transport.security import TlsConfig, TokenClient, TokenVerifier
@@ -74,6 +82,10 @@ __all__ = [
     "MessagingApplication",
     "to_server_id",
 ]
+
+
+_GENERAL_PATH = frozenset({MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST})
+"""Requests that :meth:`Manager.step_nowait` leaves to :meth:`Manager.raft_step`."""
 
 
 def to_server_id(peer_uuid: str) -> int:
@@ -170,7 +182,16 @@ class ManagerConfig:
     every stored group as soon as its group type is registered.  None: the application's
     state managers persist everything themselves."""
 
+    liveness_interval: float = 0.25
+    """Node-level liveness for quiet groups (see ``RaftParams.quiesce_after_ms``): while a
+    group here follows a quiet leader, that leader's node is pinged every this many seconds
+    (each ping also has this deadline); when its pings have failed for longer than the lower
+    election timeout, every group it leads here campaigns soon.  The same deadline bounds the
+    probe of a peer whose connection broke (``peer_lost``)."""
+
     def __post_init__(self) -> None:
+        if not self.liveness_interval > 0:
+            raise ValueError("liveness_interval must be > 0")
         try:
             uuidlib.UUID(self.server_uuid)
         except ValueError:
@@ -325,6 +346,15 @@ class Manager:
         self._server_scope = trio.CancelScope()
         self._server_stopped = trio.Event()
         self._restart_lock = trio.Lock()
+        # Quiet groups and node-level liveness (see _on_group_quiet, _liveness, peer_lost).
+        self._quiet_count = 0
+        self._quiet_followers: dict[str, set[RaftGroup]] = {}
+        """Leader uuid -> the quiet groups here that follow it (and so rest on its pings)."""
+        self._watched: set[str] = set()
+        """Peers whose liveness task runs."""
+        self._watch_more = trio.Event()
+        self._probing: set[str] = set()
+        """Peers being probed after a peer_lost."""
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -359,6 +389,8 @@ class Manager:
             self._infra = infra
             self.port = await infra.start(self._serve_transport)
             self.log.info("serving RaftStep on port %d as server %d", self.port, self.server_id)
+            if self.transport.supports_ping:
+                infra.start_soon(self._liveness)
             try:
                 async with PeerSender(
                     self.transport,
@@ -512,6 +544,8 @@ class Manager:
             on_change=self._notify_changed,
             core_factory=self._core_factory,
             apply_timeout=self.config.client_request_timeout,
+            quiesce=self.transport.supports_ping,
+            on_quiet=self._on_group_quiet,
         )
         scope = trio.CancelScope()
 
@@ -805,31 +839,173 @@ class Manager:
             if msg.type == MsgType.CLIENT_REQUEST:
                 reply, applied = await group.handle_client_request(msg)
             else:
-                reply = await group.handle_request(msg)
+                reply = await group.handle_request(msg, quiesce=request.quiesce)
         except RaftError as exc:
-            raise StepError(Status.CANCELLED, f"Server rejected request: {exc}") from None
+            raise self._step_refused(exc) from None
+        if msg.type != MsgType.CLIENT_REQUEST or not reply.accepted:
+            return self._step_answer(group, msg, started, reply)
+        # Answer forwarded and external writes once they are committed and applied here,
+        # so "accepted" means durable on a quorum (NuRaft's blocking return mode).
+        last = reply.next_index - 1
+        prop = Proposal(reply.term, last - len(msg.entries) + 1, last)
+        slot = applied if applied is not None else group.watch_apply(prop)
+        with trio.move_on_after(self.config.client_request_timeout):
+            try:
+                results = await slot.wait()
+            except RaftError as exc:
+                reply = Message(reply.type, reply.term, reply.src, reply.dest,
+                                result_code=exc.code)
+            else:
+                reply = Message(reply.type, reply.term, reply.src, reply.dest,
+                                next_index=reply.next_index, accepted=True,
+                                context=results[-1] if results else b"")
+            return self._envelope(group, reply)
+        reply = Message(reply.type, reply.term, reply.src, reply.dest,
+                        result_code=ResultCode.TIMEOUT)
+        return self._envelope(group, reply)
+
+    def step_nowait(self, request: GroupEnvelope, respond: StepReply) -> bool:
+        """The transport's fast path (a FastStepHandler): hand ``request`` to its group's
+        inbox without a task of its own and answer through ``respond`` -- the same envelope
+        :meth:`raft_step` would return, or its StepError.  A full inbox is answered
+        UNAVAILABLE at once (Raft retries).  False (nothing done) for what needs the general
+        path: client and add_server requests, requests to groups not running here (a join
+        may create one), non-requests."""
+        msg = request.message
+        if not msg.type.is_request or msg.type in _GENERAL_PATH:
+            return False
+        group = self._groups.get(request.group_id)
+        if group is None or group.stopped:
+            return False
+        started = trio.current_time()
+
+        def on_reply(result: Message | RaftError) -> None:
+            answer: GroupEnvelope | StepError = (
+                self._step_refused(result) if isinstance(result, RaftError)
+                else self._step_answer(group, msg, started, result))
+            try:
+                respond(answer)
+            except Exception:
+                self.log.exception("a fast-path reply callback failed")
+
+        try:
+            group.handle_request_nowait(msg, on_reply, quiesce=request.quiesce)
+        except trio.WouldBlock:
+            respond(StepError(Status.UNAVAILABLE, f"group {request.group_id} is busy"))
+        except RaftError as exc:
+            respond(self._step_refused(exc))
+        return True
+
+    @staticmethod
+    def _step_refused(exc: RaftError) -> StepError:
+        """How a RaftStep that its group refused (stopped, failed) is answered."""
+        return StepError(Status.CANCELLED, f"Server rejected request: {exc}")
+
+    def _step_answer(
+        self, group: RaftGroup, msg: Message, started: float, reply: Message
+    ) -> GroupEnvelope:
+        """The envelope answering ``msg`` (received at ``started``) with ``reply``."""
         if msg.type == MsgType.APPEND_ENTRIES_REQUEST:
             group.record_append_latency(trio.current_time() - started)
-        if msg.type == MsgType.CLIENT_REQUEST and reply.accepted:
-            # Answer forwarded and external writes once they are committed and applied here,
-            # so "accepted" means durable on a quorum (NuRaft's blocking return mode).
-            last = reply.next_index - 1
-            prop = Proposal(reply.term, last - len(msg.entries) + 1, last)
-            slot = applied if applied is not None else group.watch_apply(prop)
-            with trio.move_on_after(self.config.client_request_timeout):
-                try:
-                    results = await slot.wait()
-                except RaftError as exc:
-                    reply = Message(reply.type, reply.term, reply.src, reply.dest,
-                                    result_code=exc.code)
-                else:
-                    reply = Message(reply.type, reply.term, reply.src, reply.dest,
-                                    next_index=reply.next_index, accepted=True,
-                                    context=results[-1] if results else b"")
-                return self._envelope(group, reply)
-            reply = Message(reply.type, reply.term, reply.src, reply.dest,
-                            result_code=ResultCode.TIMEOUT)
         return self._envelope(group, reply)
+
+    # ==========================================================================================
+    # Quiet groups and node-level liveness
+    # ==========================================================================================
+    @property
+    def quiet_groups(self) -> int:
+        """Groups quiet on this node now (leaders and followers)."""
+        return self._quiet_count
+
+    def _on_group_quiet(self, group: RaftGroup, leader: str, quiet: bool) -> None:
+        """A group went quiet or woke; a quiet follower (``leader`` set) rests on pings to
+        its leader's node."""
+        self._quiet_count += 1 if quiet else -1
+        if not leader:
+            return
+        if quiet:
+            self._quiet_followers.setdefault(leader, set()).add(group)
+            if leader not in self._watched:
+                self._watch_more.set()
+        else:
+            followers = self._quiet_followers.get(leader)
+            if followers is not None:
+                followers.discard(group)
+                if not followers:
+                    del self._quiet_followers[leader]
+
+    async def _liveness(self) -> None:
+        """Start a watcher for every peer that leads a quiet group here (each stops when
+        no quiet group here rests on it any more)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._watch_more.wait()
+                self._watch_more = trio.Event()
+                for peer in list(self._quiet_followers):
+                    if peer not in self._watched:
+                        self._watched.add(peer)
+                        nursery.start_soon(self._watch_peer, peer)
+
+    async def _watch_peer(self, peer: str) -> None:
+        """Ping ``peer`` every ``liveness_interval`` while quiet groups here follow it; once
+        its pings have failed for longer than the lower election timeout, its groups here
+        campaign soon (which wakes them, so the watch ends)."""
+        interval = self.config.liveness_interval
+        last_ok = trio.current_time()
+        try:
+            while self._quiet_followers.get(peer):
+                start = trio.current_time()
+                if await self._ping(peer):
+                    last_ok = trio.current_time()
+                elif trio.current_time() - last_ok > self._lost_after():
+                    self._leader_lost(peer, "pings failed")
+                    last_ok = trio.current_time()
+                await trio.sleep_until(start + interval)
+        finally:
+            self._watched.discard(peer)
+
+    def _lost_after(self) -> float:
+        """How long pings may fail before the peer counts as lost: the smallest lower
+        election timeout of the registered group types."""
+        lows = [p.election_timeout_ms[0] for p in self._group_types.values()]
+        return min(lows, default=0) / 1000
+
+    async def _ping(self, peer: str) -> bool:
+        try:
+            await self.transport.ping(peer, timeout=self.config.liveness_interval)
+        except TransportError as exc:
+            self.log.debug("ping %s failed: %s", peer, exc)
+            return False
+        except Exception:  # a transport bug: count it as a failed ping
+            self.log.exception("ping %s raised an unexpected error", peer)
+            return False
+        return True
+
+    def peer_lost(self, peer: str) -> None:
+        """The transport saw the connection to or from ``peer`` end abruptly (a
+        PeerWatcher).  Probe it once (at most one probe per peer at a time); if the probe
+        fails, every group here that follows it campaigns soon."""
+        infra = self._infra
+        if (infra is None or self._closing or not self.transport.supports_ping
+                or peer == self.server_uuid or peer in self._probing):
+            return
+        self._probing.add(peer)
+        infra.start_soon(self._probe_lost, peer)
+
+    async def _probe_lost(self, peer: str) -> None:
+        try:
+            if not await self._ping(peer):
+                self._leader_lost(peer, "connection lost, ping failed")
+        finally:
+            self._probing.discard(peer)
+
+    def _leader_lost(self, peer: str, why: str) -> None:
+        """``peer`` looks dead: every group here that it leads (and we follow) campaigns
+        within half its lower election timeout (quiet ones wake)."""
+        count = sum(1 for g in list(self._groups.values()) if g.leader_lost(peer))
+        if count:
+            self.log.info("peer %s looks dead (%s): %d group(s) it led here campaign soon",
+                          peer, why, count)
 
     def _invalid_invitation(self, msg: Message) -> str:
         """Why a join for a group not hosted here cannot be an invitation ("" if it can be):

@@ -62,6 +62,16 @@ class RaftParams:
     reserved_log_items: int = 100_000
     """Entries kept in the log behind a snapshot, so slow followers can catch up from it."""
 
+    quiesce_after_ms: int = 0
+    """A leader whose group saw no proposal, log growth or configuration change for this
+    long (and whose followers all hold and know the whole committed log) sends one last
+    heartbeat round marked *quiesce* and then stops heartbeating; followers that accept it
+    stop their election timers (Dragonboat's quiesce, TiKV's hibernate).  Any other traffic
+    wakes the group.  Only over a transport that can ping (``Transport.supports_ping``): a
+    quiet follower learns of a dead leader from node-level liveness (the Manager's pings and
+    the transport's ``peer_lost``).  0 means 3 x the upper election timeout; a negative value
+    disables quiescing.  Timers only: Raft's safety does not depend on it."""
+
     def __post_init__(self) -> None:
         low, high = self.election_timeout_ms
         if self.heartbeat_interval_ms <= 0:
@@ -83,6 +93,11 @@ class RaftParams:
             raise ValueError("priority_decay_percent must be in [0, 100)")
         if self.snapshot_distance < 0 or self.reserved_log_items < 0:
             raise ValueError("snapshot_distance and reserved_log_items must be >= 0")
+        if 0 < self.quiesce_after_ms < self.heartbeat_interval_ms:
+            raise ValueError(
+                "quiesce_after_ms must be 0 (default), negative (never) or at least "
+                "heartbeat_interval_ms"
+            )
 
     # -- derived values, in heartbeat ticks (the core counts heartbeat-timer expiries) ------
     def _ticks(self, ms: int) -> int:
@@ -96,6 +111,14 @@ class RaftParams:
         if self.leadership_expiry_ms == 0:
             return 20
         return self._ticks(self.leadership_expiry_ms)
+
+    @property
+    def quiesce_after_s(self) -> float | None:
+        """Seconds of idleness after which a leader quiesces its group; None = never."""
+        if self.quiesce_after_ms < 0:
+            return None
+        ms = self.quiesce_after_ms or 3 * self.election_timeout_ms[1]
+        return ms / 1000
 
     @property
     def transfer_timeout_ticks(self) -> int:

@@ -415,6 +415,7 @@ class SimCluster:
         disk_latency: tuple[float, float] = (0.0, 0.0),
         leave_on_removal: bool = True,
         configure: Callable[[ManagerConfig], ManagerConfig] | None = None,
+        transport_factory: Callable[[SimNetwork, str], SimTransport] = SimTransport,
     ) -> None:
         self._nursery = nursery
         self.network = network
@@ -426,6 +427,7 @@ class SimCluster:
         self.disk_latency = disk_latency
         self.leave_on_removal = leave_on_removal
         self._configure = configure
+        self.transport_factory = transport_factory
         self.nodes: list[SimNode] = []
         self.group_ids: list[str] = []
         self._group_names: dict[str, str] = {}
@@ -454,7 +456,7 @@ class SimCluster:
     ) -> AsyncIterator[SimCluster]:
         """Start ``nodes`` Managers on a new SimNetwork seeded from ``seed``.  Other keyword
         arguments go to the constructor (params, state_machine_factory, core_factory,
-        disk_latency, leave_on_removal, configure)."""
+        disk_latency, leave_on_removal, configure, transport_factory)."""
         rng = random.Random(seed)
         async with (
             SimNetwork(seed=rng.getrandbits(64), default=link, wire=wire) as net,
@@ -532,7 +534,7 @@ class SimCluster:
         if self._configure is not None:
             config = self._configure(config)
         node.incarnation += 1
-        transport = SimTransport(self.network, node.uuid)
+        transport = self.transport_factory(self.network, node.uuid)
         started = False
         try:
             with trio.CancelScope() as scope:

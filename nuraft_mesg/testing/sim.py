@@ -17,7 +17,15 @@ link has a :class:`LinkState`:
 
 A request to a node that is not serving (crashed) fails with UNAVAILABLE after the link delay
 (connection refused).  A node that crashes while handling a request answers UNAVAILABLE
-(connection reset).  The handler runs under the caller's deadline, as gRPC's does.
+(connection reset).  The handler runs under the caller's deadline, as gRPC's does.  When a
+node stops serving, every other serving node whose handler is a
+:class:`~nuraft_mesg.transport.base.PeerWatcher` is told ``peer_lost`` after the link delay
+(as a TCP reset would tell it), unless the link from the stopped node is down.
+
+:meth:`SimTransport.ping` (node-level liveness) travels the same links both ways: it fails
+with UNAVAILABLE when the peer is not serving, and times out when a leg is lost (down link
+or random drop).  Pings are counted apart (:attr:`NetworkStatistics.pings`), not as legs,
+and filters do not see them.
 
 Partitions are expressed on top of links: :meth:`SimNetwork.partition` (symmetric, any number
 of sides), :meth:`SimNetwork.cut` (one way, any node sets), :meth:`SimNetwork.isolate`,
@@ -49,7 +57,14 @@ from types import TracebackType
 
 import trio
 
-from nuraft_mesg.transport.base import Status, StepError, StepHandler, Transport, TransportError
+from nuraft_mesg.transport.base import (
+    PeerWatcher,
+    Status,
+    StepError,
+    StepHandler,
+    Transport,
+    TransportError,
+)
 from nuraft_mesg.transport.codec import GroupEnvelope, decode_group_msg, encode_group_msg
 
 __all__ = [
@@ -122,6 +137,11 @@ class NetworkStatistics:
     duplicated: int = 0
     refused: int = 0
     """Requests that found no server (the destination was down)."""
+    pings: int = 0
+    """Pings sent (not counted in ``sent``)."""
+    pings_failed: int = 0
+    resets: int = 0
+    """``peer_lost`` notices delivered (a serving node saw a peer stop)."""
 
 
 @dataclass(slots=True)
@@ -373,7 +393,57 @@ class SimNetwork:
             data = encode_group_msg(env.group_id, "", "", env.message, env.dest_addr)
         else:
             data = encode_group_msg(env.group_id, env.group_type, env.intended_addr, env.message)
-        return decode_group_msg(data)
+        decoded = decode_group_msg(data)
+        if env.quiesce:  # a batch-level hint, carried beside the RaftGroupMsg on the wire
+            decoded = dataclasses.replace(decoded, quiesce=True)
+        return decoded
+
+    # -- node-level liveness -----------------------------------------------------------------
+    def _leg_lost(self, src: str, dst: str) -> bool:
+        state = self.link(src, dst)
+        return not state.up or (state.drop > 0 and self.rng.random() < state.drop)
+
+    async def _ping(
+        self,
+        src: str,
+        dst: str,
+        timeout: float,  # noqa: ASYNC109 - as in Transport.ping
+    ) -> None:
+        self.stats.pings += 1
+        if not timeout > 0:
+            self.stats.pings_failed += 1
+            raise TransportError(Status.DEADLINE_EXCEEDED, f"no time left to ping {dst}")
+        with trio.move_on_at(trio.current_time() + timeout):
+            try:
+                if self._leg_lost(src, dst):
+                    await trio.sleep_forever()
+                await trio.sleep(self._delay(src, dst))
+                if dst not in self._endpoints:
+                    raise TransportError(Status.UNAVAILABLE, f"connection to {dst} refused")
+                if self._leg_lost(dst, src):
+                    await trio.sleep_forever()
+                await trio.sleep(self._delay(dst, src))
+            except TransportError:
+                self.stats.pings_failed += 1
+                raise
+            return
+        self.stats.pings_failed += 1
+        raise TransportError(Status.DEADLINE_EXCEEDED,
+                             f"ping to {dst} timed out after {timeout:g}s")
+
+    def _stopped_serving(self, address: str) -> None:
+        """``address`` stopped serving: its connections reset, and every serving node that
+        watches peers hears of it after the link delay (unless the link is down)."""
+        for other in list(self._endpoints):
+            if other != address and self.link(address, other).up:
+                self._spawn(self._reset_leg, address, other, self._delay(address, other))
+
+    async def _reset_leg(self, address: str, dst: str, delay: float) -> None:
+        await trio.sleep(delay)
+        ep = self._endpoints.get(dst)
+        if ep is not None and isinstance(ep.handler, PeerWatcher):
+            self.stats.resets += 1
+            ep.handler.peer_lost(address)
 
     async def _call(
         self,
@@ -511,7 +581,10 @@ class SimTransport(Transport):
     """One node's :class:`~nuraft_mesg.transport.base.Transport` on a :class:`SimNetwork`.
 
     ``address`` is the node's uuid (what peers call it by).  :meth:`serve` reports port 0.
+    It can ping (:attr:`supports_ping`), so groups over it go quiet when idle.
     """
+
+    supports_ping = True
 
     def __init__(self, network: SimNetwork, address: str) -> None:
         self.network = network
@@ -532,6 +605,7 @@ class SimTransport(Transport):
                 await trio.sleep_forever()
             finally:
                 self.network._detach(ep)
+                self.network._stopped_serving(self.address)
                 nursery.cancel_scope.cancel()
 
     async def call(
@@ -544,6 +618,16 @@ class SimTransport(Transport):
         if self._closed:
             raise TransportError(Status.UNAVAILABLE, "transport is closed")
         return await self.network._call(self.address, peer, request, timeout)
+
+    async def ping(
+        self,
+        peer: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - mirrors the Transport interface
+    ) -> None:
+        if self._closed:
+            raise TransportError(Status.UNAVAILABLE, "transport is closed")
+        await self.network._ping(self.address, peer, timeout)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -231,7 +231,9 @@ SCENARIOS: dict[str, tuple[Scenario, int, Any, str, dict[str, Any]]] = {
         (vote_twice, 3, forgets_vote, "Election Safety", {}),
     "accepts appends without the previous-entry check":
         (stale_replica_rejoins, 5, {"n4": SkipsPrevCheck}, "Log Matching",
-         {"leave_on_removal": False}),
+         # The join waits behind every append queued for n4, each waiting out its deadline.
+         {"leave_on_removal": False, "configure": lambda cfg: dataclasses.replace(
+             cfg, leader_change_timeout=30.0)}),
     "applies an entry before it is committed":
         (apply_uncommitted, 3, AppliesEarly, "State Machine Safety", {}),
 }
