@@ -11,8 +11,9 @@ Groups are joined the usual ways: a leader elsewhere adds this node (``add_membe
 ``--create-group G`` creates ``G`` here (unless it is already stored) and adds every ``--peer``
 to it.  Writes come from members (``append_entries``) or from external clients sending
 ``CLIENT_REQUEST`` over RaftStep (:class:`nuraft_mesg.testing.client.RaftClient`); the state
-machine is the in-memory :class:`~nuraft_mesg.storage.memory.KVStateMachine`, rebuilt from the
-durable log on every start.
+machine is the in-memory :class:`~nuraft_mesg.storage.memory.KVStateMachine`, rebuilt on every
+start from the durable log -- and, with ``--snapshot-distance N``, from the latest snapshot the
+store persisted, the log being compacted behind it (``--reserved-log-items`` entries kept).
 
 TLS and tokens (docs/security.md, "From the command line")::
 
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-ms", type=int, default=50)
     parser.add_argument("--election-ms", type=int, nargs=2, default=(150, 300),
                         metavar=("LOW", "HIGH"))
+    parser.add_argument("--snapshot-distance", type=int, default=0, metavar="N",
+                        help="snapshot every N applied entries and compact the log behind the "
+                             "snapshot (0: never)")
+    parser.add_argument("--reserved-log-items", type=int, default=RaftParams().reserved_log_items,
+                        metavar="N", help="entries kept in the log behind a snapshot")
     parser.add_argument("--ready-file", type=Path)
     add_security_arguments(parser, serving=True)
     return parser
@@ -125,7 +131,9 @@ async def serve(args: argparse.Namespace, security: Security | None = None) -> N
                            token_client=security.token_client,
                            token_verifier=security.token_verifier)
     params = RaftParams(heartbeat_interval_ms=args.heartbeat_ms,
-                        election_timeout_ms=tuple(args.election_ms))
+                        election_timeout_ms=tuple(args.election_ms),
+                        snapshot_distance=args.snapshot_distance,
+                        reserved_log_items=args.reserved_log_items)
     async with Manager(config, app) as mgr:
         directory[args.uuid] = f"{args.host}:{mgr.port}"
         mgr.register_group_type(args.group_type, params)

@@ -7,7 +7,12 @@ every store, and :mod:`nuraft_mesg.testing` for suites that check an implementat
 
 from nuraft_mesg.storage.interfaces import LogStore, StateMachine, StateManager
 from nuraft_mesg.storage.memory import KVStateMachine, MemoryLogStore, MemoryStateManager
-from nuraft_mesg.storage.sqlite import SqliteLogStore, SqliteStateManager, SqliteStore
+from nuraft_mesg.storage.sqlite import (
+    SqliteLogStore,
+    SqliteStateMachine,
+    SqliteStateManager,
+    SqliteStore,
+)
 
 __all__ = [
     "KVStateMachine",
@@ -15,6 +20,7 @@ __all__ = [
     "MemoryLogStore",
     "MemoryStateManager",
     "SqliteLogStore",
+    "SqliteStateMachine",
     "SqliteStateManager",
     "SqliteStore",
     "StateMachine",

@@ -190,7 +190,13 @@ class StateMachine(abc.ABC):
     def create_snapshot(self, meta: SnapshotMeta) -> None:
         """Capture the state as of ``meta.last_index``, which was just applied (the runtime
         calls this right after applying it).  Durable on return: the runtime then compacts
-        the log behind it.  It becomes :meth:`last_snapshot`."""
+        the log behind it.  It becomes :meth:`last_snapshot`.
+
+        (Strictly, the runtime needs it durable before the group's next log store or state
+        manager mutation completes -- the compaction behind it is one, issued from a later
+        Ready.  A store that queues the snapshot write in order with those mutations, as
+        :class:`~nuraft_mesg.storage.sqlite.SqliteStateMachine` does, meets that without
+        blocking here.)"""
         raise NotImplementedError("this state machine does not support snapshots")
 
     def last_snapshot(self) -> SnapshotMeta | None:
@@ -212,7 +218,10 @@ class StateMachine(abc.ABC):
     def apply_snapshot(self, meta: SnapshotMeta) -> None:
         """Replace the whole state with the staged (complete) snapshot ``meta``.  Afterwards
         :meth:`last_commit_index` is ``meta.last_index`` and :meth:`last_snapshot` is
-        ``meta``; the next entry applied is ``meta.last_index + 1``.  Durable on return."""
+        ``meta``; the next entry applied is ``meta.last_index + 1``.  Durable on return (or,
+        as for :meth:`create_snapshot`, before the group's next store mutation completes: the
+        runtime resets the log store behind it right away and acknowledges the snapshot only
+        after that)."""
         raise NotImplementedError("this state machine does not support snapshots")
 
 

@@ -11,10 +11,13 @@ after a crash), shared by every group the manager hosts::
     config        gkey -> data (ClusterConfig.encode()), crc
     log_boundary  gkey -> start_index, boundary_term, crc   (absent: never compacted, (1, 0))
     log           (gkey, idx) -> term, type, buffer, ts, crc      WITHOUT ROWID, clustered
+    snapshot      gkey -> last_index, last_term, config, objects, crc   (the latest snapshot)
+    snapshot_object  (gkey, obj_id) -> last_index, data, crc        its objects 0..objects-1
 
 ``gkey`` is a small integer standing for the group id inside the file.  Every record carries a
-CRC-32 of its content seeded with the group id (and, for log records, the index), so a record
-that rotted, was edited, or was copied to the wrong place fails its check.
+CRC-32 of its content seeded with the group id (and, for log records, the index; for snapshot
+objects, the snapshot's index and the object id), so a record that rotted, was edited, or was
+copied to the wrong place fails its check.
 
 Durability contract
 -------------------
@@ -51,8 +54,55 @@ Reads are synchronous in the storage interfaces, so each group's log, hard state
 are cached in memory, loaded when the store opens and updated only after the transaction that
 changed them committed (in the trio thread, right after the commit).  Readers therefore see
 the content before or after a pending mutation, never a mix, and never data that is not on
-disk.  (Snapshots and compaction will bound the cached log; :meth:`SqliteLogStore.compact`
-already trims it and records the boundary in ``log_boundary``.)
+disk.  (Snapshots and compaction bound the cached log: :meth:`SqliteLogStore.compact` trims
+it and records the boundary in ``log_boundary``.)
+
+Snapshots
+---------
+The log is compacted behind snapshots, so the state a snapshot holds must survive a restart
+as durably as the log: otherwise a restarted node has a compacted log and an empty state
+machine.  When the state machine of a state manager supports snapshots (the default
+:class:`~nuraft_mesg.storage.memory.KVStateMachine` does), :class:`SqliteStateManager` hands
+the runtime a :class:`SqliteStateMachine` wrapping it, which
+
+* after every ``create_snapshot`` (taken by the runtime) and every ``apply_snapshot`` (a
+  snapshot received from the leader) reads the new snapshot's objects back through
+  ``read_snapshot_chunk`` and queues one write that replaces the group's stored snapshot by it
+  -- metadata row and objects, with CRCs, in one transaction, so the previous snapshot is
+  deleted exactly when the new one is durable;
+* when the state manager is created (the group starts), restores the stored snapshot into a
+  state machine that has applied less than it (after a restart: a fresh in-memory one),
+  through ``save_snapshot_chunk`` + ``apply_snapshot`` as a received snapshot would be, so its
+  ``last_commit_index()`` is the snapshot's index and the runtime replays the log after it.
+
+Why a queued write is early enough.  The hooks are synchronous, and an fsync (or a large write)
+on the trio thread would stall every group, so the snapshot write goes through the group-commit
+queue like every other mutation (it is queued at once, without waiting for room: it may exceed
+the queue bounds, and the writers after it wait).  The queue is FIFO and the group's later
+mutations first wait for its earlier ones, so the snapshot is committed in the same transaction
+as, or one before, any later mutation of the group -- and the runtime (``nuraft_mesg/group.py``)
+never relies on a snapshot before such a mutation:
+
+* a snapshot it creates is followed by ``RaftNode.snapshot_taken``, and the compaction behind
+  it comes as ``Ready.compact_to`` of a *later* Ready, persisted through
+  :meth:`SqliteLogStore.compact`, which is queued behind the snapshot write;
+* a received snapshot is applied (``apply_snapshot``) first thing in ``RaftGroup._persist``,
+  which then resets and compacts the log store, saves the hard state and config and only then
+  sends the acknowledgement of the snapshot's last object -- every one of those writes is
+  queued behind the snapshot write.
+
+A crash before the snapshot write committed leaves the log uncompacted and the snapshot
+unacknowledged: the node replays its log (or receives the snapshot again).  A failed snapshot
+write fails the store like any other, so the compaction behind it fails too.
+
+The stored snapshot's objects are read (and their CRCs checked) when the store opens, with
+everything else, and held until the group's state manager is created; then they are handed
+to the state machine and released.  A snapshot that fails its checks (a record or an object
+fails its CRC, an object is missing, it lies behind the log boundary) makes the group unusable
+on this node if the log was compacted behind it (``StorageError``, like a damaged hard state:
+replaying the log would skip the compacted prefix); if the log was never compacted (it still
+starts at index 1), the snapshot is redundant and is dropped with an ERROR, and the log is
+replayed.
 
 Corruption
 ----------
@@ -70,8 +120,9 @@ restore.  When the store opens:
   the number of records dropped.  Nothing after a bad record is ever replayed.  Raft treats the
   cut like a replica that lost the tail of its log: the entries come back from the leader if a
   quorum still holds them, which is why one corrupt replica never loses committed data;
-* a hard state, config or log boundary that fails its checksum makes the group unusable on this
-  node -- guessing a term or a vote could make it vote twice.  The group is not started
+* a hard state, config or log boundary that fails its checksum makes the group unusable on
+  this node -- guessing a term or a vote could make it vote twice -- and so does a damaged
+  snapshot the log was compacted behind (see Snapshots).  The group is not started
   (opening its state manager raises :class:`~nuraft_mesg.errors.StorageError`, and the
   manager logs it and goes on with its other groups); delete the group here and re-add the node
   to it (``leave_group`` on this node, then ``add_member`` on the leader);
@@ -108,7 +159,14 @@ import trio
 
 from nuraft_mesg.errors import BadRequest, StorageError
 from nuraft_mesg.raft.ready import Event
-from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, LogType, ServerConfig
+from nuraft_mesg.raft.types import (
+    ClusterConfig,
+    HardState,
+    LogEntry,
+    LogType,
+    ServerConfig,
+    SnapshotMeta,
+)
 from nuraft_mesg.storage.interfaces import LogStore, StateMachine, StateManager
 from nuraft_mesg.storage.memory import KVStateMachine
 
@@ -116,13 +174,15 @@ __all__ = [
     "DB_NAME",
     "GroupRecord",
     "SqliteLogStore",
+    "SqliteStateMachine",
     "SqliteStateManager",
     "SqliteStore",
     "StoreStatistics",
 ]
 
 DB_NAME = "nuraft.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: log, hard state, config; 2: + snapshots (a format-1 file is upgraded when opened)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (
@@ -164,13 +224,34 @@ CREATE TABLE IF NOT EXISTS log (
     crc    INTEGER NOT NULL,
     PRIMARY KEY (gkey, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshot (
+    gkey       INTEGER PRIMARY KEY,
+    last_index INTEGER NOT NULL,
+    last_term  INTEGER NOT NULL,
+    config     BLOB NOT NULL,
+    objects    INTEGER NOT NULL,
+    crc        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_object (
+    gkey       INTEGER NOT NULL,
+    obj_id     INTEGER NOT NULL,
+    last_index INTEGER NOT NULL,
+    data       BLOB NOT NULL,
+    crc        INTEGER NOT NULL,
+    PRIMARY KEY (gkey, obj_id)
+);
 """
+# (snapshot_object is a rowid table: SQLite advises against WITHOUT ROWID for large rows.)
 
-_PER_GROUP_TABLES = ("log", "hard_state", "config", "log_boundary", "groups")
+_PER_GROUP_TABLES = (
+    "log", "hard_state", "config", "log_boundary", "snapshot_object", "snapshot", "groups"
+)
 
 _ENTRY_HEADER = struct.Struct(">qqqq")  # index, term, type, timestamp
 _STATE = struct.Struct(">qqq")  # term, vote, commit
 _BOUNDARY = struct.Struct(">qq")  # start index, boundary term
+_SNAPSHOT = struct.Struct(">qqq")  # last index, last term, number of objects
+_OBJECT = struct.Struct(">qq")  # snapshot's last index, object id
 
 
 def _seed(group_id: str) -> int:
@@ -191,6 +272,14 @@ def _config_crc(seed: int, data: bytes) -> int:
 
 def _boundary_crc(seed: int, start: int, term: int) -> int:
     return zlib.crc32(_BOUNDARY.pack(start, term), seed)
+
+
+def _snapshot_crc(seed: int, last_index: int, last_term: int, objects: int, config: bytes) -> int:
+    return zlib.crc32(config, zlib.crc32(_SNAPSHOT.pack(last_index, last_term, objects), seed))
+
+
+def _object_crc(seed: int, last_index: int, obj_id: int, data: bytes) -> int:
+    return zlib.crc32(data, zlib.crc32(_OBJECT.pack(last_index, obj_id), seed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +344,8 @@ class _GroupData:
         "start",
         "boundary_term",
         "entries",
+        "snapshot",
+        "snapshot_objects",
         "corrupt",
         "destroyed",
         "last_op",
@@ -283,6 +374,10 @@ class _GroupData:
         self.start = 1
         self.boundary_term = 0
         self.entries: list[LogEntry] = []
+        self.snapshot: SnapshotMeta | None = None
+        """The latest durable snapshot (updated once a snapshot write committed)."""
+        self.snapshot_objects: list[bytes] | None = None
+        """Its objects, as read when the store opened, until a state manager restored them."""
         self.corrupt: str | None = None
         self.destroyed = False
         self.last_op: _Op | None = None
@@ -396,11 +491,12 @@ class SqliteStore:
             conn.execute("BEGIN EXCLUSIVE")  # takes the lock, kept until close
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if not 0 <= version <= SCHEMA_VERSION:
                     raise StorageError(
                         f"{self.path} has storage format {version}; this version of "
-                        f"nuraft_mesg reads format {SCHEMA_VERSION}"
+                        f"nuraft_mesg reads formats up to {SCHEMA_VERSION}"
                     )
+                # Format 1 lacks the snapshot tables: created below, in this transaction.
                 for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
                     if statement.strip():
                         conn.execute(statement)
@@ -506,6 +602,7 @@ class SqliteStore:
             held.start, held.boundary_term = start, bterm
 
         cleanup: list[tuple[str, tuple[int, ...]]] = []
+        self._load_snapshots(by_key, owner_of, corrupt, cleanup)
         current: _GroupData | None = None
         cut_at = 0  # index from which the current group's log is dropped (0: not cut)
         dropped = 0
@@ -575,6 +672,85 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                 raise
         self._next_gkey = max_key + 1
+
+    def _load_snapshots(
+        self,
+        by_key: dict[int, _GroupData],
+        owner_of: Callable[[int], _GroupData | None],
+        corrupt: Callable[[_GroupData, str], None],
+        cleanup: list[tuple[str, tuple[int, ...]]],
+    ) -> None:
+        """Read every group's snapshot and its objects, verifying checksums (after the log
+        boundaries: whether a bad snapshot is fatal depends on them)."""
+        conn = self._conn
+        found: dict[int, tuple[SnapshotMeta, int]] = {}
+        bad: dict[int, str] = {}
+        for gkey, last_index, last_term, blob, count, crc in conn.execute(
+            "SELECT gkey, last_index, last_term, config, objects, crc FROM snapshot"
+        ):
+            held = owner_of(gkey)
+            if held is None:
+                continue
+            if not _checks(crc, _snapshot_crc, held.seed, last_index, last_term, count, blob):
+                bad[gkey] = "record fails its checksum"
+                continue
+            if count < 1 or last_index < 1:
+                bad[gkey] = f"record is invalid ({count} objects, index {last_index})"
+                continue
+            try:
+                config = ClusterConfig.decode(blob)
+            except BadRequest as exc:
+                bad[gkey] = f"config cannot be decoded ({exc})"
+                continue
+            found[gkey] = (SnapshotMeta(last_index, last_term, config), count)
+        objects: dict[int, list[bytes]] = {}
+        for gkey, obj_id, last_index, data, crc in conn.execute(
+            "SELECT gkey, obj_id, last_index, data, crc FROM snapshot_object "
+            "ORDER BY gkey, obj_id"
+        ):
+            held = owner_of(gkey)
+            if held is None or gkey in bad:
+                continue
+            entry = found.get(gkey)
+            if entry is None:
+                bad[gkey] = "objects have no snapshot record"
+                continue
+            meta, count = entry
+            got = objects.setdefault(gkey, [])
+            n = len(got)
+            if obj_id != n or last_index != meta.last_index or n >= count:
+                bad[gkey] = f"objects do not match its record (object {obj_id} of {count})"
+            elif not _checks(crc, _object_crc, held.seed, last_index, obj_id, data):
+                bad[gkey] = f"object {obj_id} of {count} fails its checksum"
+            else:
+                got.append(data)
+        for gkey, (meta, count) in found.items():
+            if gkey in bad:
+                continue
+            held = by_key[gkey]
+            got = objects.get(gkey, [])
+            if len(got) != count:
+                bad[gkey] = f"has {len(got)} of its {count} objects"
+            elif meta.last_index < held.start - 1:
+                bad[gkey] = (f"(index {meta.last_index}) is behind the log boundary "
+                             f"{held.start - 1}")
+            else:
+                held.snapshot, held.snapshot_objects = meta, got
+        for gkey, why in sorted(bad.items()):
+            held = by_key[gkey]
+            if held.corrupt is not None:
+                continue  # unusable anyway: keep its rows as they are for inspection
+            if held.start > 1:
+                # The log was compacted behind it: without it the compacted prefix is lost.
+                corrupt(held, f"the stored snapshot {why}, and the log was compacted behind it")
+                continue
+            self.log.error(
+                "%s: group %s: the stored snapshot %s; it is dropped (the log was never "
+                "compacted, so every entry is replayed from it instead)",
+                self.path, held.group_id, why,
+            )
+            cleanup.append(("DELETE FROM snapshot_object WHERE gkey=?", (gkey,)))
+            cleanup.append(("DELETE FROM snapshot WHERE gkey=?", (gkey,)))
 
     @classmethod
     @asynccontextmanager
@@ -646,6 +822,11 @@ class SqliteStore:
     def __contains__(self, group_id: object) -> bool:
         data = self._groups.get(group_id) if isinstance(group_id, str) else None
         return data is not None and data.registered
+
+    def stored_snapshot(self, group_id: str) -> SnapshotMeta | None:
+        """The latest snapshot of ``group_id`` that is durable here, or None."""
+        data = self._groups.get(group_id)
+        return data.snapshot if data is not None else None
 
     # -- per-group objects -----------------------------------------------------------------
     def _group(self, group_id: str, group_type: str, server_id: int) -> _GroupData:
@@ -733,6 +914,8 @@ class SqliteStore:
             del self._groups[data.group_id]
         data.state = None
         data.config = None
+        data.snapshot = None
+        data.snapshot_objects = None
         if not data.registered or self._failed is not None or self._closed:
             return
         gkey = data.gkey
@@ -889,7 +1072,20 @@ class SqliteStore:
         on_commit: Callable[[], None],
         size: int,
     ) -> None:
-        """Queue ``statements`` for ``data`` (registering the group on its first write)."""
+        """Queue ``statements`` for ``data`` (registering the group on its first write) and
+        wait until they are committed."""
+        await self._submit(self._group_op(data, what, statements, on_commit, size))
+
+    def _group_op(
+        self,
+        data: _GroupData,
+        what: str,
+        statements: Callable[[sqlite3.Connection], None],
+        on_commit: Callable[[], None],
+        size: int,
+    ) -> _Op:
+        """The queue operation running ``statements`` for ``data``, registering the group in
+        the same transaction if this is its first write."""
         if data.registered:
             apply = statements
         else:
@@ -897,9 +1093,11 @@ class SqliteStore:
             inner = statements
 
             def apply(conn: sqlite3.Connection) -> None:
+                # OR IGNORE: a snapshot write is queued without waiting for the group's previous
+                # write, which may be the registering one.
                 conn.execute(
-                    "INSERT INTO groups(gkey, group_id, group_type, server_id, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO groups(gkey, group_id, group_type, server_id, "
+                    "created) VALUES (?, ?, ?, ?, ?)",
                     row,
                 )
                 inner(conn)
@@ -911,7 +1109,55 @@ class SqliteStore:
                 moved()
 
         what = f"{what} of group {data.group_id}"
-        await self._submit(_Op(data, apply, on_commit, size + 64, what))
+        return _Op(data, apply, on_commit, size + 64, what)
+
+    def _queue_snapshot(self, data: _GroupData, meta: SnapshotMeta, objects: list[bytes]) -> None:
+        """Queue the replacement of the group's stored snapshot by ``meta`` and its
+        ``objects``, without waiting (the state machine hooks calling this are synchronous).
+
+        Ordering, not waiting, makes this safe: the op is queued now, behind the group's
+        earlier writes and ahead of its later ones (which wait for it in :meth:`_settle`), so
+        it commits no later than the compaction that follows it.  It does not wait for room in
+        the queue; its bytes count against the bounds, so later writers wait for it instead.
+        CRCs are computed in the worker thread, with the statements.
+        """
+        if data.destroyed:
+            raise StorageError(
+                f"{self.path}: a snapshot of group {data.group_id} after permanent_destroy"
+            )
+        self._check_usable()
+        if not objects:
+            raise ValueError("a snapshot has at least one object")
+        gkey, seed, index, count = data.gkey, data.seed, meta.last_index, len(objects)
+        config = meta.config.encode()
+
+        def statements(conn: sqlite3.Connection) -> None:
+            # One transaction: the old snapshot is gone exactly when the new one is durable.
+            conn.execute("DELETE FROM snapshot_object WHERE gkey=?", (gkey,))
+            conn.executemany(
+                "INSERT INTO snapshot_object(gkey, obj_id, last_index, data, crc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (gkey, obj_id, index, obj, _object_crc(seed, index, obj_id, obj))
+                    for obj_id, obj in enumerate(objects)
+                ],
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshot(gkey, last_index, last_term, config, objects, "
+                "crc) VALUES (?, ?, ?, ?, ?, ?)",
+                (gkey, index, meta.last_term, config, count,
+                 _snapshot_crc(seed, index, meta.last_term, count, config)),
+            )
+
+        def on_commit() -> None:
+            data.snapshot = meta
+            data.snapshot_objects = None  # whatever was loaded at open is superseded
+
+        size = sum(len(obj) + 32 for obj in objects) + len(config)
+        op = self._group_op(data, f"storing snapshot {index}/{meta.last_term}", statements,
+                            on_commit, size)
+        data.last_op = op
+        self._enqueue(op)
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
@@ -1102,9 +1348,135 @@ class SqliteLogStore(LogStore):
         await store._mutate(d, f"compacting up to {up_to_index}", statements, on_commit, 32)
 
 
+class SqliteStateMachine(StateMachine):
+    """A snapshotting state machine whose snapshots are durable in a :class:`SqliteStore`.
+
+    :class:`SqliteStateManager` wraps the group's state machine in one of these when that
+    state machine supports snapshots (see "Snapshots" in the module docstring).  Applying
+    entries and reading snapshots are delegated unchanged.  ``create_snapshot`` and
+    ``apply_snapshot`` are delegated, then the new snapshot's objects are read back through
+    ``read_snapshot_chunk`` and its write is queued in the store.  That write is not committed
+    when they return -- the hooks are synchronous, and waiting for an fsync on the trio thread
+    would stall every group -- but it is ordered before every later write of the group: the
+    compaction behind a created snapshot (a later Ready's ``compact_to``, through
+    :meth:`SqliteLogStore.compact`) and, for a received snapshot, the log reset, hard state,
+    config and acknowledgement that ``RaftGroup._persist`` issues right after
+    ``apply_snapshot``.  Until then nothing depends on the snapshot being durable.
+
+    What remains synchronous on the trio thread is the state machine's own work (creating or
+    applying the snapshot, handing out its objects) plus a list of references to the objects;
+    the SQL, the CRCs and the fsync run in the store's worker thread.
+    """
+
+    __slots__ = ("_store", "_data", "_delegate")
+
+    def __init__(self, store: SqliteStore, data: _GroupData, delegate: StateMachine) -> None:
+        if not delegate.supports_snapshots:
+            raise ValueError(f"{delegate!r} does not support snapshots")
+        self._store = store
+        self._data = data
+        self._delegate = delegate
+
+    def __repr__(self) -> str:
+        return f"<SqliteStateMachine {self._data.group_id} over {self._delegate!r}>"
+
+    @property
+    def delegate(self) -> StateMachine:
+        """The application's state machine."""
+        return self._delegate
+
+    # -- applying (delegated) --------------------------------------------------------------
+    def commit(self, index: int, data: bytes) -> bytes:
+        return self._delegate.commit(index, data)
+
+    def commit_config(self, index: int, config: ClusterConfig) -> None:
+        self._delegate.commit_config(index, config)
+
+    def last_commit_index(self) -> int:
+        return self._delegate.last_commit_index()
+
+    # -- snapshots -------------------------------------------------------------------------
+    @property
+    def supports_snapshots(self) -> bool:
+        return True
+
+    def create_snapshot(self, meta: SnapshotMeta) -> None:
+        self._delegate.create_snapshot(meta)
+        self._persist(meta)
+
+    def last_snapshot(self) -> SnapshotMeta | None:
+        return self._delegate.last_snapshot()
+
+    def read_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int) -> tuple[bytes, bool]:
+        return self._delegate.read_snapshot_chunk(meta, obj_id)
+
+    def save_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int, data: bytes,
+                            is_first: bool, is_last: bool) -> None:
+        self._delegate.save_snapshot_chunk(meta, obj_id, data, is_first, is_last)
+
+    def apply_snapshot(self, meta: SnapshotMeta) -> None:
+        self._delegate.apply_snapshot(meta)
+        self._persist(meta)
+
+    def _persist(self, meta: SnapshotMeta) -> None:
+        """Queue the write of ``meta`` (now the delegate's latest snapshot) and its objects."""
+        objects: list[bytes] = []
+        while True:
+            data, is_last = self._delegate.read_snapshot_chunk(meta, len(objects))
+            objects.append(bytes(data))
+            if is_last:
+                break
+        self._store._queue_snapshot(self._data, meta, objects)
+
+    def restore(self) -> SnapshotMeta | None:
+        """Install the group's stored snapshot into the delegate if it has applied less than
+        it (a fresh in-memory state machine after a restart), through ``save_snapshot_chunk``
+        and ``apply_snapshot`` as a snapshot received from the leader is.  Returns the
+        snapshot installed, or None.  The objects read at open are then released (kept if the
+        state machine rejected them, for a retry).
+
+        Raises:
+            StorageError: the state machine rejected the stored snapshot.
+        """
+        d, sm = self._data, self._delegate
+        meta, objects = d.snapshot, d.snapshot_objects
+        if meta is None or objects is None:
+            return None
+        if sm.last_commit_index() >= meta.last_index:
+            d.snapshot_objects = None
+            return None  # it kept its state (a durable state machine, or the same process)
+        last = len(objects) - 1
+        try:
+            for obj_id, obj in enumerate(objects):
+                sm.save_snapshot_chunk(meta, obj_id, obj, obj_id == 0, obj_id == last)
+            sm.apply_snapshot(meta)
+        except Exception as exc:
+            raise StorageError(
+                f"{self._store.path}: group {d.group_id}: restoring the stored snapshot "
+                f"{meta.last_index}/{meta.last_term} into {sm!r} failed: {exc!r}"
+            ) from exc
+        if sm.last_commit_index() != meta.last_index:
+            raise StorageError(
+                f"{self._store.path}: group {d.group_id}: after restoring the stored snapshot "
+                f"{meta.last_index}, {sm!r} reports last_commit_index() "
+                f"{sm.last_commit_index()}"
+            )
+        d.snapshot_objects = None
+        self._store.log.info(
+            "%s: group %s: restored snapshot %d/%d (%d object(s)) into the state machine",
+            self._store.path, d.group_id, meta.last_index, meta.last_term, len(objects),
+        )
+        return meta
+
+
 class SqliteStateManager(StateManager):
     """Durable state manager of one group in a :class:`SqliteStore` (see
-    :meth:`SqliteStore.state_manager`)."""
+    :meth:`SqliteStore.state_manager`).
+
+    If the state machine supports snapshots, :meth:`get_state_machine` returns it wrapped in a
+    :class:`SqliteStateMachine` (``.delegate`` is the original), and the group's stored
+    snapshot is restored into it here, when the state manager is created.
+    """
 
     __slots__ = (
         "_store",
@@ -1132,7 +1504,12 @@ class SqliteStateManager(StateManager):
         self._delegate = delegate
         if delegate is not None:
             state_machine = delegate.get_state_machine()
-        self._state_machine = state_machine if state_machine is not None else KVStateMachine()
+        machine = state_machine if state_machine is not None else KVStateMachine()
+        if machine.supports_snapshots and not isinstance(machine, SqliteStateMachine):
+            durable = SqliteStateMachine(store, data, machine)
+            durable.restore()
+            machine = durable
+        self._state_machine: StateMachine = machine
 
     def __repr__(self) -> str:
         return f"<SqliteStateManager {self._data.group_id} in {str(self._store.path)!r}>"

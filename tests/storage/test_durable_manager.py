@@ -16,7 +16,7 @@ from nuraft_mesg import InMemoryApplication, Manager, ManagerConfig, RaftParams
 from nuraft_mesg.errors import Failed, ServerNotFound, StorageError
 from nuraft_mesg.raft.types import LogType
 from nuraft_mesg.storage.memory import KVStateMachine
-from nuraft_mesg.storage.sqlite import DB_NAME, SqliteStateManager
+from nuraft_mesg.storage.sqlite import DB_NAME, SqliteStateMachine, SqliteStateManager
 from nuraft_mesg.testing.local import LocalCluster
 
 PARAMS = RaftParams(heartbeat_interval_ms=50, election_timeout_ms=(150, 300))
@@ -32,6 +32,8 @@ def _machine(mgr: Manager, gid: str) -> KVStateMachine:
     smgr = mgr.lookup_state_manager(gid)
     assert smgr is not None
     sm = smgr.get_state_machine()
+    if isinstance(sm, SqliteStateMachine):  # snapshots are persisted through a wrapper
+        sm = sm.delegate
     assert isinstance(sm, KVStateMachine)
     return sm
 

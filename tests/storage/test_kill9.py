@@ -1,11 +1,14 @@
 """kill -9 with real processes: three ``nuraft-mesg server`` nodes on loopback, writers that
 record every acknowledged write, and nodes (the leader included) killed with SIGKILL and
-restarted, one at a time and then all at once.
+restarted, one at a time and then all at once -- once with the whole log kept, once with
+snapshots (``--snapshot-distance``), so that every restart has to rebuild its state machine
+from the snapshot its store persisted.
 
 At the end every node is stopped cleanly and its database read back (through
-:class:`SqliteStore`, so checksums are verified): each replica's committed log must hold every
-acknowledged write exactly once, in acknowledgement order, and the replicas' committed logs
-(so the KV states they apply) must be identical.
+:class:`SqliteStore`, so checksums are verified; its stored snapshot restored into a fresh
+state machine, then the committed log after it replayed): each replica's committed history must
+hold every acknowledged write exactly once, in acknowledgement order, and the replicas'
+histories (so the KV states they apply) must be identical.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
-from nuraft_mesg.raft.types import LogType
+from nuraft_mesg.raft.types import ClusterConfig, LogType, SnapshotMeta
 from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.storage.sqlite import SqliteStore
 from nuraft_mesg.testing.client import RaftClient
@@ -76,6 +80,8 @@ class Cluster:
     last_leader: str | None = None
     """The node that accepted the latest write: it was leading then."""
     kills: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    """More ``nuraft-mesg server`` arguments for every node."""
     _acked_event: trio.Event = field(default_factory=trio.Event)
 
     def ack(self, wid: int, payload: bytes, leader: str) -> None:
@@ -108,7 +114,7 @@ class Cluster:
                 cmd += ["--peer", f"{other.uuid}={other.address}"]
         if create:
             cmd += ["--create-group", self.group_id]
-        return cmd
+        return cmd + self.extra_args
 
     async def start(self, node: Node, *, create: bool = False) -> None:
         assert node.proc is None
@@ -151,21 +157,43 @@ class Cluster:
         return node.log_path.read_text(errors="replace")[-3000:]
 
 
-def committed_log(node: Node, group_id: str) -> list[bytes]:
-    """The APP payloads of the committed prefix of ``node``'s stored log."""
+@dataclass
+class Stored:
+    """What a stopped node's database holds for the group."""
+
+    history: list[bytes]
+    """The APP payloads it committed, in order: its stored snapshot's, then the log's."""
+    log_start: int
+    snapshot: SnapshotMeta | None
+
+
+def read_back(node: Node, group_id: str) -> Stored:
+    """Restart ``node``'s state machine from its database, as the node itself would: the
+    stored snapshot restored into a fresh KVStateMachine (by the store), then the committed
+    log after it applied."""
     store = SqliteStore(node.data_dir)
     try:
         (rec,) = [r for r in store.groups() if r.group_id == group_id]
         assert rec.corrupt is None
-        smgr = store.state_manager(group_id, server_id=rec.server_id)
+        sm = KVStateMachine()
+        smgr = store.state_manager(group_id, server_id=rec.server_id, state_machine=sm)
         state = smgr.read_state()
         assert state is not None
         log = smgr.load_log_store()
-        assert log.start_index() == 1
-        entries = log.entries(1, min(state.commit, log.last_index()) + 1)
+        first = sm.last_commit_index() + 1
+        assert first >= log.start_index(), "the log does not continue the snapshot"
+        last = min(state.commit, log.last_index())
+        if last >= first:
+            for index, entry in enumerate(log.entries(first, last + 1), start=first):
+                if entry.type == LogType.APP:
+                    sm.commit(index, entry.buffer)
+                elif entry.type == LogType.CONFIG:
+                    sm.commit_config(index, ClusterConfig.decode(entry.buffer))
+        stored = Stored([d for _, d in sm.applied], log.start_index(),
+                        store.stored_snapshot(group_id))
     finally:
         store.close()
-    return [e.buffer for e in entries if e.type == LogType.APP]
+    return stored
 
 
 async def writer(cluster: Cluster, wid: int, peers: dict[str, str], stop: trio.Event) -> None:
@@ -250,9 +278,16 @@ async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) ->
                 await node.proc.wait()
 
     assert cluster.kills == 9 + 3
+    stored = {n.name: read_back(n, cluster.group_id) for n in nodes}
+    assert all(s.log_start == 1 and s.snapshot is None for s in stored.values())
+    check_no_loss(cluster, {name: s.history for name, s in stored.items()})
+
+
+def check_no_loss(cluster: Cluster, logs: dict[str, list[bytes]]) -> None:
+    """Every acknowledged write in every replica's committed history, once, in order; the
+    histories (so the states) identical."""
     acked = [p for _, p in cluster.acked]
     assert len(acked) > 50, f"too few acknowledged writes ({len(acked)}) to mean anything"
-    logs = {n.name: committed_log(n, cluster.group_id) for n in nodes}
     for name, log in logs.items():
         where = {p: i for i, p in enumerate(log)}
         # Nothing applied twice, nothing that was never sent.
@@ -275,3 +310,91 @@ async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) ->
         states.append(sm.data)
     assert states[0] == states[1] == states[2]
 
+
+
+async def wait_applied_everywhere(cluster: Cluster, peers: dict[str, str]) -> None:
+    """Until every node applied the leader's commit index (the nodes are other processes:
+    their Admin/Status is polled until the condition holds)."""
+    async with ExternalClient(peers, request_timeout=2.0) as client:
+        with trio.fail_after(15):
+            while True:
+                groups = []
+                for node in cluster.nodes:
+                    try:
+                        groups += (await client.status(node.uuid, (cluster.group_id,))).groups
+                    except RaftError:
+                        break
+                leaders = [g for g in groups if g.is_leader]
+                if len(groups) == len(cluster.nodes) and len(leaders) == 1 and all(
+                    g.applied_index >= leaders[0].commit_index for g in groups
+                ):
+                    return
+                await trio.sleep(0.05)
+
+
+async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
+    """Snapshots every 20 entries and 5 entries kept behind them: the logs are compacted, so
+    after a kill -9 a node can only rebuild its state machine from the snapshot its store
+    persisted.  The leader is killed, then every node at once."""
+    ports = _free_ports(3)
+    nodes = [
+        Node(f"node{i + 1}", str(uuid.uuid4()), ports[i], tmp_path / f"node{i + 1}",
+             tmp_path / f"node{i + 1}.log")
+        for i in range(3)
+    ]
+    cluster = Cluster(nodes, str(uuid.uuid4()),
+                      extra_args=["--snapshot-distance", "20", "--reserved-log-items", "5"])
+    peers = {n.uuid: n.address for n in nodes}
+    stop = trio.Event()
+    try:
+        with trio.fail_after(100):
+            for i, node in enumerate(nodes):
+                await cluster.start(node, create=(i == 0))
+            for node in nodes:
+                await cluster.wait_ready(node)
+            async with trio.open_nursery() as nursery:
+                for wid in range(3):
+                    nursery.start_soon(writer, cluster, wid, peers, stop)
+                await cluster.wait_acked(60)  # three snapshot distances
+                acked_before = len(cluster.acked)
+                victim = next((n for n in nodes if n.uuid == cluster.last_leader), nodes[0])
+                await cluster.kill(victim)
+                await cluster.start(victim)
+                await cluster.wait_ready(victim)
+                await cluster.wait_acked(acked_before + 40)
+                acked_before = len(cluster.acked)
+                for node in nodes:
+                    await cluster.kill(node)
+                for node in nodes:
+                    await cluster.start(node)
+                for node in nodes:
+                    await cluster.wait_ready(node)
+                # Progress needs two nodes that restored their state from their snapshots.
+                await cluster.wait_acked(acked_before + 40)
+                stop.set()
+            async with RaftClient(peers, cluster.group_id, GROUP_TYPE) as client:
+                with trio.fail_after(15):
+                    while True:
+                        try:
+                            await client.append([b"set final 1"], timeout=2.0)
+                            break
+                        except RaftError:
+                            await trio.sleep(0.1)  # retry back-off
+            cluster.acked.append((-1, b"set final 1"))
+            cluster.attempted.add(b"set final 1")
+            await wait_applied_everywhere(cluster, peers)
+            for node in nodes:
+                await cluster.stop(node)
+    finally:
+        for node in nodes:
+            if node.proc is not None:
+                node.proc.kill()
+                await node.proc.wait()
+
+    assert cluster.kills == 1 + 3
+    for node in nodes:  # every node restarted at least once from its own snapshot
+        assert "restored snapshot" in node.log_path.read_text(errors="replace"), node.name
+    stored = {n.name: read_back(n, cluster.group_id) for n in nodes}
+    for name, s in stored.items():
+        assert s.snapshot is not None and s.log_start > 1, f"{name}: log never compacted"
+    check_no_loss(cluster, {name: s.history for name, s in stored.items()})
