@@ -8,7 +8,7 @@ Every such subcommand (``client``, ``status``, ``server``) takes the same option
     --tls-ca FILE          CA bundle the nodes' certificates chain to
     --tls-cert FILE        this side's certificate (a node's server certificate, a client's
     --tls-key FILE         client certificate) and its private key, PEM
-    --tls-server-name NAME name checked on the nodes' certificates (client and status only)
+    --tls-server-name NAME name checked on the nodes' certificates
     --mtls                 mutual TLS: the server requires client certificates
     --token-file FILE      the bearer token, read from a file
     --token-env VAR        the bearer token, read from an environment variable
@@ -93,10 +93,9 @@ def add_security_arguments(parser: argparse.ArgumentParser, *, serving: bool) ->
     tls.add_argument("--tls-ca", metavar="FILE", help=ca_help)
     tls.add_argument("--tls-cert", metavar="FILE", help=cert_help)
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    if not serving:  # ManagerConfig has no field for it (yet)
-        tls.add_argument("--tls-server-name", metavar="NAME",
-                         help="name checked on the nodes' certificates instead of the host "
-                         "part of their address (when the nodes share one certificate)")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="name checked on the nodes' certificates instead of the host "
+                     "part of their address (when the nodes share one certificate)")
     tls.add_argument("--mtls", action="store_true", help=mtls_help)
     tokens = parser.add_argument_group("token", _paragraph(
         f"A bearer token, sent as 'authorization: Bearer TOKEN' ({token_use}).  Never given "

@@ -288,7 +288,8 @@ class RaftGroup:
             raise StorageError(
                 f"group {group_id}: the log starts at {start} but the state machine has "
                 f"applied only up to {applied}; snapshots need a state machine that keeps its "
-                "state (or its last snapshot) across restarts"
+                "state (or its last snapshot) across restarts, e.g. one that supports "
+                "snapshots under the durable store (ManagerConfig.data_dir)"
             )
         config = state_mgr.load_config()
         # core_factory: RaftNode or anything called like it (a subclass, a wrapper that seeds

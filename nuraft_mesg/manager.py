@@ -153,6 +153,8 @@ class ManagerConfig:
     ssl_mutual: bool = False
     """Mutual TLS: the server requires a client certificate signed by ``ssl_ca`` (a peer
     without one cannot reach any group)."""
+    ssl_server_name: str = ""
+    """Name checked on peers' certificates (empty: the host dialled)."""
     token_client: TokenClient | None = None
     """Adds its ``(auth_header_key, get_token())`` header to every outbound call (RaftStep,
     data service, status)."""
@@ -208,7 +210,7 @@ class ManagerConfig:
         if not (self.ssl_cert or self.ssl_key):
             return None
         return TlsConfig(cert_file=self.ssl_cert, key_file=self.ssl_key, ca_file=self.ssl_ca,
-                         mutual=self.ssl_mutual)
+                         mutual=self.ssl_mutual, server_name=self.ssl_server_name)
 
     def make_transport(self, lookup_peer: Callable[[str], str]) -> GrpcTransport:
         """The GrpcTransport this configuration describes (what a Manager builds when it is

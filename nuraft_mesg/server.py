@@ -128,6 +128,7 @@ async def serve(args: argparse.Namespace, security: Security | None = None) -> N
                            ssl_key=tls.key_file if tls else "",
                            ssl_ca=tls.ca_file if tls else "",
                            ssl_mutual=tls.mutual if tls else False,
+                           ssl_server_name=tls.server_name if tls else "",
                            token_client=security.token_client,
                            token_verifier=security.token_verifier)
     params = RaftParams(heartbeat_interval_ms=args.heartbeat_ms,

@@ -275,10 +275,6 @@ async def test_bad_combinations_of_processes_exit_2(certs: Certs, tmp_path: Path
         assert done.returncode == 2, (argv, lines)
         assert len(lines) == 1 and message in lines[0], (argv, lines)
         assert lines[0].startswith(f"nuraft-mesg {argv[0]}: error: ")
-    # The server takes no --tls-server-name (ManagerConfig has no field for it).
-    done = await run(PYTHON, "-m", "nuraft_mesg", *server, "--tls-server-name", "x")
-    assert done.returncode == 2
-    assert "unrecognized arguments: --tls-server-name" in done.stderr.decode()
 
 
 # -- the mapping onto the library's types --------------------------------------------------------
