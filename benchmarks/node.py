@@ -253,8 +253,10 @@ class Node:
         async def sample_stats() -> None:
             await trio.sleep_until(measure_from)
             sent["start"] = rpcs_sent()
+            sent["batches_start"] = mgr.peer_statistics().batches
             await trio.sleep_until(measure_to)
             sent["end"] = rpcs_sent()
+            sent["batches_end"] = mgr.peer_statistics().batches
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample_stats)
@@ -263,7 +265,8 @@ class Node:
                     nursery.start_soon(proposer, gid, i)
         return {"led": len(led), "commits": commits, "seconds": measure_to - measure_from,
                 "hist": hist.to_json(), "errors": dict(errors),
-                "rpcs_sent": sent.get("end", 0) - sent.get("start", 0)}
+                "rpcs_sent": sent.get("end", 0) - sent.get("start", 0),
+                "batches_sent": sent.get("batches_end", 0) - sent.get("batches_start", 0)}
 
     async def op_status(self, cmd: dict[str, Any]) -> dict[str, Any]:
         mgr = self.mgr
@@ -279,7 +282,7 @@ class Node:
             with_leader += bool(st.leader_id)
             changes += st.leader_changes
         return {"hosted": hosted, "led": led, "with_leader": with_leader,
-                "leader_changes": changes}
+                "leader_changes": changes, "quiet": mgr.quiet_groups}
 
     async def op_leader(self, cmd: dict[str, Any]) -> dict[str, Any]:
         mgr = self.mgr

@@ -237,6 +237,7 @@ def summarize_load(replies: list[dict[str, Any]], window: dict[str, Any]) -> dic
     for r in replies:
         errors.update(r["errors"])
     rpcs = sum(r.get("rpcs_sent", 0) for r in replies)
+    batches = sum(r.get("batches_sent", 0) for r in replies)
     return {
         "commits": commits,
         "commits_per_s": round(commits / seconds, 1),
@@ -246,6 +247,8 @@ def summarize_load(replies: list[dict[str, Any]], window: dict[str, Any]) -> dic
         "errors": dict(errors),
         "leader_rpcs_per_s": round(rpcs / seconds, 1),
         "entries_per_append": round(2 * commits / rpcs, 1) if rpcs else None,
+        "leader_batches_per_s": round(batches / seconds, 1),
+        "messages_per_batch": round(rpcs / batches, 1) if batches else None,
         **window,
     }
 

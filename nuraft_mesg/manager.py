@@ -31,7 +31,7 @@ import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
@@ -68,7 +68,7 @@ from nuraft_mesg.transport.base import (
     TransportError,
 )
 from nuraft_mesg.transport.codec import GroupEnvelope
-from nuraft_mesg.transport.peers import PeerSender
+from nuraft_mesg.transport.peers import PeerSender, SenderStatistics
 from nuraft_mesg.transport.security import TlsConfig, TokenClient, TokenVerifier
 from nuraft_mesg.transport.status import NodeStatus
 
@@ -918,6 +918,12 @@ class Manager:
     def quiet_groups(self) -> int:
         """Groups quiet on this node now (leaders and followers)."""
         return self._quiet_count
+
+    def peer_statistics(self) -> SenderStatistics:
+        """Outbound traffic per peer (requests answered, failed, dropped, batches)."""
+        if self._peers is None:
+            return SenderStatistics(MappingProxyType({}))
+        return self._peers.statistics()
 
     def _on_group_quiet(self, group: RaftGroup, leader: str, quiet: bool) -> None:
         """A group went quiet or woke; a quiet follower (``leader`` set) rests on pings to

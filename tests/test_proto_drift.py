@@ -189,12 +189,35 @@ def test_messaging_service_matches_nuraft_mesg() -> None:
     assert list(services) == ["Messaging"]
     service = services["Messaging"]
     assert service.full_name == "nuraft_mesg.Messaging"
-    assert [m.name for m in service.methods] == ["RaftStep"]
+    # RaftStep is nuraft_mesg's; RaftStream is our extension (C++ nodes answer UNIMPLEMENTED).
+    assert [m.name for m in service.methods] == ["RaftStep", "RaftStream"]
     step = service.methods_by_name["RaftStep"]
     assert step.input_type.full_name == "nuraft_mesg.RaftGroupMsg"
     assert step.output_type.full_name == "nuraft_mesg.RaftGroupMsg"
     assert not step.client_streaming
     assert not step.server_streaming
+    stream = service.methods_by_name["RaftStream"]
+    assert stream.input_type.full_name == "nuraft_mesg.RaftBatch"
+    assert stream.output_type.full_name == "nuraft_mesg.RaftBatch"
+    assert stream.client_streaming and stream.server_streaming
+
+
+def test_raft_stream_extension_messages() -> None:
+    types = messaging_service_pb2.DESCRIPTOR.message_types_by_name
+    assert _fields(types["RaftBatchItem"]) == {
+        "seq": (1, F.TYPE_UINT64),
+        "msg": (2, F.TYPE_MESSAGE),
+        "status": (3, F.TYPE_UINT32),
+        "error": (4, F.TYPE_STRING),
+        "quiesce": (5, F.TYPE_BOOL),
+    }
+    assert _type_of(types["RaftBatchItem"], "msg") == "nuraft_mesg.RaftGroupMsg"
+    assert _fields(types["RaftBatch"]) == {
+        "sender": (1, F.TYPE_STRING),
+        "items": (2, F.TYPE_MESSAGE),
+    }
+    assert _type_of(types["RaftBatch"], "items") == "nuraft_mesg.RaftBatchItem"
+    assert types["RaftBatch"].fields_by_name["items"].is_repeated
 
 
 def test_purerpc_stub_uses_the_raft_step_path() -> None:
@@ -202,7 +225,7 @@ def test_purerpc_stub_uses_the_raft_step_path() -> None:
 
     service = messaging_service_grpc.MessagingServicer().service
     assert service.name == "nuraft_mesg.Messaging"
-    assert list(service.methods) == ["RaftStep"]
+    assert list(service.methods) == ["RaftStep", "RaftStream"]
     signature = service.methods["RaftStep"].signature
     assert signature.request_type is messaging_service_pb2.RaftGroupMsg
     assert signature.response_type is messaging_service_pb2.RaftGroupMsg

@@ -1,4 +1,5 @@
-"""The real transport: ``nuraft_mesg.Messaging/RaftStep`` over gRPC (HTTP/2) with purerpc.
+"""The real transport: ``nuraft_mesg.Messaging/RaftStep`` (and our batched ``RaftStream``)
+over gRPC (HTTP/2) with purerpc.
 
 Wire behaviour follows nuraft_mesg (inventory §2.3-§2.5):
 
@@ -24,7 +25,30 @@ Wire behaviour follows nuraft_mesg (inventory §2.3-§2.5):
   the channel is presumed stale (peer host gone without a FIN, address moved) and retired too.
   A slow but live peer answers PINGs and keeps its channel.  After a failed connection
   attempt, calls to that peer fail at once with UNAVAILABLE for a short, growing backoff
-  (50 ms doubling to 0.5 s).
+  (50 ms doubling to 0.5 s).  :meth:`GrpcTransport.ping` is an HTTP/2 PING on the channel,
+  awaiting its ACK.
+* batches (:meth:`GrpcTransport.send_batch`): ``nuraft_mesg.Messaging/RaftStream`` (an
+  extension of ours, ``proto/messaging_service.proto``; :mod:`~nuraft_mesg.transport.stream`
+  has the frames and the per-stream state).  Each channel opens one long-lived stream on the
+  first batch (headers with the token; the response headers are awaited, so a refusal is known
+  before anything is sent) and keeps it: every batch is one frame (split by
+  ``max_send_message_size``) of items numbered by ``seq``; answers come back batched on the
+  same stream, matched by ``seq``, in any order.  Requests pending on a stream fail with
+  DEADLINE_EXCEEDED after their timeout (a per-stream sweeper sleeps until the earliest
+  deadline), and all of them with the stream's error (UNAVAILABLE, ...) if the stream or the
+  connection is lost; the next batch reopens it (a lost connection first reconnects, with the
+  backoff above).  An INVALID_ARGUMENT item retires the channel as for RaftStep (the stream is
+  half-closed once nothing is pending there).  A peer answering RaftStream with UNIMPLEMENTED
+  (a C++ node; ``enable_stream=False``) gets unary RaftSteps (:meth:`Transport.send_batch`)
+  until its channel is rebuilt.  On the server, a RaftStream passes RaftStep's header checks,
+  then a reader hands each valid item to the handler (``step_nowait`` first, else
+  ``raft_step``; one group's requests in the order sent) and a writer sends every answer
+  accumulated in one loop turn as one frame.  Per-item problems are per-item statuses; an
+  undecodable or oversize frame ends only that stream.  The stream has no read deadline.
+* ``peer_lost``: when a connection to a peer is lost abruptly (not by our own close), when a
+  peer resets our RaftStream, when a RaftStream from a peer (uuid: its frames' ``sender``)
+  ends by reset or connection loss, and when a stream's PING goes unanswered, a handler that
+  is a :class:`~nuraft_mesg.transport.base.PeerWatcher` is told (a hint only).
 
 Security and hostile input (docs/security.md)
 ---------------------------------------------
@@ -63,8 +87,16 @@ Structured concurrency: who owns what
   socket's ``async with`` (purerpc's sockets own anyio task groups, so they must be entered and
   left by one long-lived task).  It is started with ``nursery.start`` from the first ``call``
   that needs it (the connect runs under that call's deadline) and ends when its
-  ``CancelScope`` is cancelled: retirement (after its last in-flight call), connection loss,
-  :meth:`GrpcTransport.aclose`, or the end of its owner.  No task outlives its owner.
+  ``CancelScope`` is cancelled: retirement (after its last in-flight call and once its
+  RaftStream has nothing pending), connection loss, :meth:`GrpcTransport.aclose`, or the end
+  of its owner.  No task outlives its owner.
+* The holder also opens a nursery for the channel's RaftStream: one task per open stream
+  (:meth:`GrpcTransport._run_link`, with a child reader of answers and a deadline sweeper).
+  Reply callbacks run in that reader (or, for a request refused before it was sent, in the
+  caller of ``send_batch``).  The task ends with the stream or the channel, failing every
+  request still pending.  On the server, a RaftStream is a request task of its connection
+  with a child nursery: its writer, and one task per group whose requests need ``raft_step``
+  (alive while that group has some queued).
 * Connection setup takes a per-peer :class:`trio.Lock` only; a slow or dead peer never blocks
   calls to other peers.  Calls never wait for one another otherwise (HTTP/2 multiplexes them).
 * Calls made while nothing owns channels (neither ``serve`` nor ``async with`` active) or after
@@ -105,9 +137,9 @@ import ssl
 import struct
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import anyio
 import anyio.abc
@@ -124,6 +156,7 @@ from purerpc.grpclib.events import (
     RequestEnded,
     RequestReceived,
     ResponseEnded,
+    ResponseReceived,
     WindowUpdated,
 )
 from purerpc.grpclib.exceptions import ProtocolError
@@ -135,6 +168,8 @@ from nuraft_mesg.transport._proto.data_service_pb2 import DataServiceRequest, Da
 from nuraft_mesg.transport.base import (
     DataHandler,
     DataRequest,
+    PeerWatcher,
+    ReplyCallback,
     Status,
     StepError,
     StepHandler,
@@ -157,6 +192,14 @@ from nuraft_mesg.transport.status import (
     decode_status_request,
     encode_status,
     encode_status_request,
+)
+from nuraft_mesg.transport.stream import (
+    ClientLink,
+    ServerSession,
+    check_request,
+    deliver,
+    encode_reply,
+    step_error_status,
 )
 from nuraft_mesg.transport.throttle import LogThrottle
 
@@ -190,7 +233,12 @@ _DATA_PATH: Final = ("nuraft_mesg.DataService", "Call", "nuraft_mesg.DataService
 """The data service (proto/data_service.proto), on the same server and port."""
 _STATUS_PATH: Final = ("nuraft_mesg.Admin", "Status", "nuraft_mesg.StatusRequest")
 """The node status report (proto/admin.proto)."""
+_STREAM_PATH: Final = (_SERVICE, "RaftStream", "nuraft_mesg.RaftBatch")
+"""Our extension (proto/messaging_service.proto): batches of RaftSteps on one stream."""
 _PATHS: Final = frozenset(p[:2] for p in (_RAFT_PATH, _DATA_PATH, _STATUS_PATH))
+_STREAM_CLOSE_GRACE: Final = 5.0
+"""Seconds a RaftStream we half-closed (channel retired, nothing pending) may take to be
+ended by the peer before it is reset."""
 
 _H2_NO_ERROR: Final = 0x0
 _H2_CANCEL: Final = 0x8
@@ -256,6 +304,16 @@ class _GoAway:
 
     def __init__(self) -> None:
         self.stream_id = 0
+
+
+class _PingAck:
+    """Our event for a PING ACK (purerpc's GRPCConnection drops those)."""
+
+    __slots__ = ("data", "stream_id")
+
+    def __init__(self, data: bytes) -> None:
+        self.stream_id = 0
+        self.data = data
 
 
 class _MessageRejected:
@@ -382,6 +440,9 @@ class _H2Connection(GRPCConnection):  # type: ignore[misc]
     def _connection_terminated(self, event: Any) -> list[object]:
         return [_GoAway()]
 
+    def _ping_acknowledged(self, event: Any) -> list[object]:
+        return [_PingAck(bytes(event.ping_data))]
+
     def _request_received(self, event: Any) -> list[object]:
         sid: int = event.stream_id
         problem = ""
@@ -441,6 +502,7 @@ class _Stream(GRPCProtoStream):  # type: ignore[misc]
         self.failure: TransportError | None = None
         self.scope: trio.CancelScope | None = None
         self.remote_ended = False
+        self.reset_by_peer = False
 
     def abort(self, failure: TransportError) -> None:
         """No more events will come (stream reset, connection lost): wake whoever reads."""
@@ -502,9 +564,13 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
         self._on_lost = on_lost
         self._on_goaway = on_goaway
         self.alive = True
+        self.lost_abruptly = False
+        """The connection ended from the other side (EOF, reset, error), not by our close."""
         self.going_away = False
         self.last_receive = trio.current_time()
         self._last_ping = -math.inf
+        self._ping_count = 0
+        self._ping_waiters: dict[bytes, tuple[trio.Event, list[bool]]] = {}
         self.remote = ""
         """The peer's host (server side; for logs)."""
 
@@ -514,6 +580,7 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
         side)."""
         streams: dict[int, _Stream] = self._streams
         reason = "closed by peer"
+        abrupt = False  # stays False when we end the connection (cancellation)
         try:
             while True:
                 try:
@@ -522,19 +589,28 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
                         ) as exc:
                     if exc.__cause__ is not None:
                         reason = f"{reason}: {exc.__cause__}"
+                    abrupt = True
                     return
                 except (ssl.SSLError, OSError) as exc:  # e.g. a TLS alert: say which
                     reason = f"{type(exc).__name__}: {exc}"
+                    abrupt = True
                     return
                 self.last_receive = trio.current_time()
                 try:
                     events = self._grpc_connection.receive_data(data)
                 except Exception as exc:
                     reason = f"protocol error: {exc!r}"
+                    abrupt = True
                     raise
                 await self._socket.flush()
                 for event in events:
                     sid: int = event.stream_id
+                    if isinstance(event, _PingAck):
+                        waiter = self._ping_waiters.pop(event.data, None)
+                        if waiter is not None:
+                            waiter[1].append(True)
+                            waiter[0].set()
+                        continue
                     if isinstance(event, WindowUpdated):
                         targets = list(streams.values()) if sid == 0 else [streams.get(sid)]
                         for target in targets:
@@ -550,6 +626,7 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
                         self._grpc_connection.message_read_buffers.pop(sid, None)
                         reset = streams.pop(sid, None)
                         if reset is not None:
+                            reset.reset_by_peer = True
                             code = event.error_code
                             reset.abort(
                                 TransportError(
@@ -572,22 +649,48 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
                         stream.remote_ended = True
                         stream._close_remote()
         finally:
-            self._lost(reason)
+            self._lost(reason, abrupt=abrupt)
 
     async def _reader_thread(self) -> None:
         async with contextlib.aclosing(self._listen()) as events:
             async for _ in events:
                 raise ProtocolError("the server opened a stream")
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, *, abrupt: bool = False) -> None:
         if not self.alive:
             return
         self.alive = False
+        self.lost_abruptly = abrupt
         failure = TransportError(Status.UNAVAILABLE, f"connection lost: {reason}")
         for stream in list(self._streams.values()):
             stream.abort(failure)
+        waiters, self._ping_waiters = self._ping_waiters, {}
+        for done, _ in waiters.values():
+            done.set()
         if self._on_lost is not None:
             self._on_lost()
+
+    async def ping(self) -> None:
+        """Send an HTTP/2 PING and wait for its ACK (the peer's HTTP/2 layer answers at once,
+        however busy its handlers are).  Raises :class:`TransportError` (UNAVAILABLE) if the
+        connection is or gets lost first."""
+        if not self.alive:
+            raise TransportError(Status.UNAVAILABLE, "connection lost")
+        self._ping_count += 1
+        data = struct.pack(">Q", self._ping_count)  # never ping_if_quiet's b"nuraftpg"
+        done, acked = trio.Event(), list[bool]()
+        self._ping_waiters[data] = (done, acked)
+        try:
+            try:
+                self._grpc_connection.h2_connection.ping(data)
+            except Exception as exc:  # h2 refuses once the connection is closed
+                raise TransportError(Status.UNAVAILABLE, f"cannot send PING: {exc!r}") from None
+            self._socket._flush_event.set()
+            await done.wait()
+        finally:
+            self._ping_waiters.pop(data, None)
+        if not acked:
+            raise TransportError(Status.UNAVAILABLE, "connection lost before the PING ACK")
 
     def ping_if_quiet(self, quiet_for: float) -> None:
         """Send an HTTP/2 PING if nothing was received for ``quiet_for`` seconds and no PING
@@ -652,8 +755,15 @@ class _Channel:
         self.scope = trio.CancelScope()
         self.finished = trio.Event()
         self.socket: _Socket | None = None
+        self.nursery: trio.Nursery | None = None
+        """The holder's nursery: the RaftStream link's task runs in it."""
+        self.link: _Link | None = None
+        self.link_lock = trio.Lock()
+        self.stream_unsupported = False
+        """The peer answered RaftStream with UNIMPLEMENTED: unary RaftSteps on this channel."""
         self.retired = False
         self.in_flight = 0
+        """Unary calls in flight, plus one while a RaftStream link is open."""
 
     @property
     def usable(self) -> bool:
@@ -661,12 +771,102 @@ class _Channel:
         return not self.retired and socket is not None and socket.alive and not socket.going_away
 
     def retire(self, why: str, level: int = logging.INFO) -> None:
-        """Take no new calls; close once the calls in flight have finished."""
+        """Take no new calls; close once the calls in flight (and the requests pending on
+        the RaftStream) have finished."""
         if not self.retired:
             log.log(level, "retiring channel to %s at %s: %s", self.peer, self.authority, why)
             self.retired = True
+        if self.link is not None:
+            self.link.wake()  # it half-closes its stream once nothing is pending
         if self.in_flight == 0:
             self.scope.cancel()
+
+
+class _Link:
+    """The RaftStream of one channel, client side: the stream, its pending requests
+    (:class:`~nuraft_mesg.transport.stream.ClientLink`) and the state of its task (run by
+    :meth:`GrpcTransport._run_link` in the channel's nursery: a reader of answer frames and a
+    sweeper of deadlines)."""
+
+    def __init__(self, channel: _Channel, stream: _Stream, sender: str, max_send: int) -> None:
+        self.channel = channel
+        self.stream = stream
+        self.core = ClientLink(channel.peer, sender, max_send)
+        self.send_lock = trio.StrictFIFOLock()
+        self.scope = trio.CancelScope()
+        self.sweep_scope = trio.CancelScope()
+        self.woken = False
+        self.half_closed = False
+        self.close_by = math.inf
+        self.done = False
+
+    @property
+    def usable(self) -> bool:
+        return (
+            not self.done and not self.half_closed and self.core.failure is None
+            and self.channel.usable
+        )
+
+    def wake(self) -> None:
+        """Make the sweeper look again (the channel was retired, or a request finished)."""
+        self.woken = True
+        self.sweep_scope.cancel()
+
+    def fail(self, error: TransportError) -> None:
+        """End the link now: every pending request fails with ``error``."""
+        self.core.fail_all(error)
+        self.scope.cancel()
+
+    async def send(
+        self,
+        requests: Sequence[tuple[bytes, bool, ReplyCallback]],
+        deadline: float,
+        timeout: float,  # noqa: ASYNC109 - each request's deadline
+    ) -> None:
+        """Register ``requests`` and write them as frames, in order.  From here on every
+        callback is called exactly once, whatever happens (a cancelled or failed write ends
+        the whole link: its frame may be half-written)."""
+        core = self.core
+        if core.failure is not None or self.done:
+            error = core.failure or TransportError(Status.UNAVAILABLE, "RaftStream closed")
+            for _, _, callback in requests:
+                deliver(callback, error)
+            return
+        frames, seqs = core.prepare(requests, deadline, timeout)
+        if not frames:
+            return
+        if deadline < self.sweep_scope.deadline:
+            self.sweep_scope.deadline = deadline
+        lock = self.send_lock
+        try:
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+        except BaseException:  # cancelled before anything of ours was written
+            core.fail(seqs, self._interrupted(deadline))
+            raise
+        try:
+            for frame in frames:
+                if core.failed:
+                    return  # the link failed meanwhile (our requests got its error)
+                await self.stream.send_bytes(frame)
+        except TransportError as exc:  # reset, or connection lost
+            self.fail(exc)
+        except Exception as exc:  # h2 state errors and the like
+            self.fail(TransportError(Status.UNAVAILABLE, f"RaftStream write failed: {exc!r}"))
+        except BaseException:  # cancelled (our deadline, or the caller's) mid-write
+            self.fail(self._interrupted(deadline))
+            raise
+        finally:
+            lock.release()
+
+    def _interrupted(self, deadline: float) -> TransportError:
+        if trio.current_time() >= deadline:
+            return TransportError(
+                Status.DEADLINE_EXCEEDED, f"RaftStream to {self.channel.peer}: not sent in time"
+            )
+        return TransportError(Status.CANCELLED, f"RaftStream to {self.channel.peer}: cancelled")
 
 
 class _PeerSlot:
@@ -713,7 +913,12 @@ class GrpcTransport(Transport):
         handshake_timeout: seconds an accepted connection has to finish the TLS handshake,
             send its HTTP/2 preface and start its first call.
         read_timeout: seconds a request has to arrive completely after its headers.
+        enable_stream: serve ``RaftStream`` and send batches over it (:meth:`send_batch`).
+            False: RaftStream is answered UNIMPLEMENTED, as by a C++ node, and batches go as
+            unary RaftSteps.
     """
+
+    supports_ping: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -730,6 +935,7 @@ class GrpcTransport(Transport):
         token_verifier: TokenVerifier | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        enable_stream: bool = True,
     ) -> None:
         for name, size in (
             ("max_message_size", max_message_size or 1),
@@ -768,6 +974,10 @@ class GrpcTransport(Transport):
         self._client_config = GRPCConfiguration(
             client_side=True, max_message_length=wire_limit
         )
+        self.enable_stream = enable_stream
+        self._paths = _PATHS | {_STREAM_PATH[:2]} if enable_stream else _PATHS
+        self._handler: StepHandler | None = None
+        """The handler serve() runs with (told about lost peers if it is a PeerWatcher)."""
         self._peers: dict[str, _PeerSlot] = {}
         self._channels: set[_Channel] = set()
         self._channel_nursery: trio.Nursery | None = None
@@ -838,6 +1048,7 @@ class GrpcTransport(Transport):
         if self._serving:
             raise RuntimeError("GrpcTransport.serve is already running")
         self._serving = True
+        self._handler = handler
         try:
             # Read the certificate files at every (re)start, so restart_server picks up new ones.
             server_ssl = self.tls.server_context() if self.tls is not None else None
@@ -855,6 +1066,7 @@ class GrpcTransport(Transport):
                     await trio.sleep_forever()
         finally:
             self._serving = False
+            self._handler = None
 
     async def _accept_loop(
         self,
@@ -937,9 +1149,9 @@ class GrpcTransport(Transport):
                 stream.scope = scope
                 if stream.failure is not None:
                     return
-                code, message, payload = await self._process(stream, handler, grpc_socket.remote)
+                code, message, payload = await self._process(stream, handler, grpc_socket)
                 if stream.failure is None:
-                    if code == Status.OK:
+                    if code == Status.OK and not stream._response_started:  # a RaftStream's is
                         await stream.start_response()
                         await stream.send_bytes(payload)
                     await stream.close(WireStatus(int(code), message))
@@ -952,13 +1164,15 @@ class GrpcTransport(Transport):
             grpc_socket.discard(stream, reset=not responded)
 
     async def _process(
-        self, stream: _Stream, handler: StepHandler, remote: str = ""
+        self, stream: _Stream, handler: StepHandler, grpc_socket: _Socket
     ) -> tuple[Status, str, bytes]:
         """Read one request and run the handler; returns the status, message and reply.
 
         The headers are checked first (malformed, unknown method, token): a refusal is
         answered before the body is read.  The body must then arrive within
-        ``read_timeout`` (or the client's deadline, if shorter)."""
+        ``read_timeout`` (or the client's deadline, if shorter).  A RaftStream passes the
+        same header checks, then runs (:meth:`_serve_raft_stream`) without a read deadline."""
+        remote = grpc_socket.remote
         head = await stream.next_event()
         if not isinstance(head, RequestReceived):  # cannot happen: _listen sends it first
             return Status.INTERNAL, "request without headers", b""
@@ -970,12 +1184,13 @@ class GrpcTransport(Transport):
         data: bytes | None = None
         extra = False
         ended = False
+        streaming = False
         with trio.move_on_at(read_deadline):
             # Headers alone: anything wrong with them is answered before the body is read.
             rejection: tuple[Status, str] | None = getattr(head, "rejection", None)
             if rejection is not None:
                 return rejection[0], rejection[1], b""
-            if path not in _PATHS:
+            if path not in self._paths:
                 return (
                     Status.UNIMPLEMENTED,
                     f"Method {head.service_name}/{head.method_name} is not implemented",
@@ -989,7 +1204,8 @@ class GrpcTransport(Transport):
                     self._refused(remote, f"{head.method_name} call",
                                   f"{code.name}: {why}", logging.WARNING)
                     return code, why or "refused by the token verifier", b""
-            while True:
+            streaming = path == _STREAM_PATH[:2]
+            while not streaming:
                 event = await stream.next_event()
                 if isinstance(event, MessageReceived):
                     extra = data is not None
@@ -999,6 +1215,13 @@ class GrpcTransport(Transport):
                 elif isinstance(event, RequestEnded):
                     ended = True
                     break
+        if streaming:
+            deadline = math.inf  # long-lived; only a grpc-timeout of the client's bounds it
+            if head.timeout is not None:
+                deadline = head_at + head.timeout.total_seconds()
+            with trio.move_on_at(deadline):
+                return await self._serve_raft_stream(stream, handler, grpc_socket)
+            return Status.DEADLINE_EXCEEDED, "Deadline Exceeded", b""
         if not ended:
             return (
                 Status.DEADLINE_EXCEEDED,
@@ -1015,18 +1238,9 @@ class GrpcTransport(Transport):
             request = decode_group_msg(data)
         except BadRequest as exc:
             return Status.INVALID_ARGUMENT, f"Bad request: {exc}", b""
-        if not _is_uuid(request.group_id):
-            return Status.INVALID_ARGUMENT, f"Bad GroupID {request.group_id!r}", b""
-        if not _is_uuid(request.intended_addr):
-            return Status.INVALID_ARGUMENT, f"Bad intended addr {request.intended_addr!r}", b""
-        if uuid.UUID(request.intended_addr) != self._uuid:
-            return (
-                Status.INVALID_ARGUMENT,
-                f"intended addr: [{request.intended_addr}], our addr: [{self.server_uuid}]",
-                b"",
-            )
-        if not request.message.type.is_request:
-            return Status.INVALID_ARGUMENT, f"{request.message.type.name} is not a request", b""
+        problem = check_request(request, self._uuid, self.server_uuid)
+        if problem is not None:
+            return Status.INVALID_ARGUMENT, problem, b""
 
         deadline = math.inf
         if head.timeout is not None:
@@ -1034,34 +1248,75 @@ class GrpcTransport(Transport):
         try:
             with trio.move_on_at(deadline):
                 reply = await handler.raft_step(request)
-                return self._encode_reply(request, reply)
+                return encode_reply(request.group_id, reply, self.max_send_message_size)
             return Status.DEADLINE_EXCEEDED, "Deadline Exceeded", b""
         except StepError as exc:
-            if exc.status == Status.OK:
-                return Status.INTERNAL, f"StepError without an error status: {exc.message}", b""
-            return exc.status, exc.message, b""
+            status, message = step_error_status(exc)
+            return status, message, b""
         except Exception as exc:
             log.exception("RaftStep handler failed (group %s)", request.group_id)
             return Status.INTERNAL, f"RaftStep failed: {type(exc).__name__}: {exc}", b""
 
-    def _encode_reply(
-        self, request: GroupEnvelope, reply: GroupEnvelope
+    # -- server: RaftStream ----------------------------------------------------------------------
+    async def _serve_raft_stream(
+        self, stream: _Stream, handler: StepHandler, grpc_socket: _Socket
     ) -> tuple[Status, str, bytes]:
+        """One RaftStream, after its headers passed the checks: a reader of request frames
+        (this task) and a writer of answer frames, in a nursery of the stream.  Returns OK
+        once the client ended its side and everything is answered, or the status that ends
+        the stream (an undecodable or oversize frame); the connection goes on either way.
+        An abrupt end (stream reset by the client, connection lost) tells the handler's
+        ``peer_lost`` about the client."""
+        session = ServerSession(handler, self._uuid, self.server_uuid, self.max_send_message_size)
         try:
-            if reply.message.type.is_request:
-                raise BadRequest(f"{reply.message.type.name} is not a response")
-            payload = encode_group_msg(request.group_id, "", "", reply.message, reply.dest_addr)
-        except Exception as exc:  # BadRequest, or not a GroupEnvelope at all
-            log.error("RaftStep handler returned an unusable reply: %r", exc)
-            return Status.INTERNAL, f"cannot encode reply: {exc}", b""
-        if len(payload) > self.max_send_message_size:
-            return (
-                Status.RESOURCE_EXHAUSTED,
-                f"reply of {len(payload)} bytes is larger than the maximum send size "
-                f"({self.max_send_message_size})",
-                b"",
-            )
-        return Status.OK, "", payload
+            await stream.start_response()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stream_writer, stream, session)
+                result = await self._stream_reader(stream, session, nursery)
+                if result is None:  # the client ended its side: answer what is pending
+                    await session.idle.wait()
+                nursery.cancel_scope.cancel()
+            return result or (Status.OK, "", b"")
+        finally:
+            session.close()
+            if stream.failure is not None and session.sender and (
+                stream.reset_by_peer or grpc_socket.lost_abruptly
+            ):
+                self._peer_lost(session.sender, handler)
+
+    @staticmethod
+    async def _stream_reader(
+        stream: _Stream, session: ServerSession, nursery: trio.Nursery
+    ) -> tuple[Status, str, bytes] | None:
+        try:
+            while True:
+                if session.backlogged:  # the client does not read its answers: stop reading
+                    await session.wait_drained()
+                event = await stream.next_event()
+                if isinstance(event, MessageReceived):
+                    problem = session.on_frame(event.data, nursery)
+                    if problem is not None:
+                        return problem[0], problem[1], b""
+                elif isinstance(event, _MessageRejected):  # too large, or undecodable
+                    return event.status, event.message, b""
+                elif isinstance(event, RequestEnded):
+                    session.end()
+                    return None
+        except TransportError as exc:  # reset, or connection lost: nobody to answer
+            return exc.status, exc.message, b""
+
+    @staticmethod
+    async def _stream_writer(stream: _Stream, session: ServerSession) -> None:
+        """Send every answer accumulated so far as one frame (or several, by size), as soon
+        as there is any: answers made in one event-loop turn go together."""
+        try:
+            while True:
+                await session.wait_output()
+                for frame in session.take_frames():
+                    await stream.send_bytes(frame)
+                session.written()
+        except TransportError:
+            pass  # reset, or connection lost: the stream's scope is being cancelled
 
     # -- server: data service and status ---------------------------------------------------------
     async def _process_data(
@@ -1189,6 +1444,322 @@ class GrpcTransport(Transport):
                 Status.INTERNAL, f"reply from {peer} is a {reply.message.type.name}"
             )
         return reply
+
+    # -- client: RaftStream ----------------------------------------------------------------------
+    async def send_batch(
+        self,
+        peer: str,
+        batch: Sequence[tuple[GroupEnvelope, ReplyCallback]],
+        *,
+        timeout: float,  # noqa: ASYNC109 - each request's deadline
+        nursery: trio.Nursery,
+    ) -> None:
+        """Send ``batch`` on the channel's RaftStream (opened on first use), as one frame
+        or several (by ``max_send_message_size``), and return once it is written.  Answers
+        reach the callbacks from the stream's reader task; a request that cannot be encoded
+        fails at once, alone.  A peer without RaftStream (UNIMPLEMENTED) gets unary RaftSteps
+        (:meth:`Transport.send_batch`) until its channel is rebuilt."""
+        if not batch:
+            return
+        if not self.enable_stream:
+            await super().send_batch(peer, batch, timeout=timeout, nursery=nursery)
+            return
+        if self._closed:
+            _fail_all(batch, TransportError(Status.UNAVAILABLE, "transport is closed"))
+            return
+        slot = self._peers.get(peer)
+        channel = slot.channel if slot is not None else None
+        if channel is not None and channel.usable and channel.stream_unsupported:
+            await super().send_batch(peer, batch, timeout=timeout, nursery=nursery)
+            return
+        if not timeout > 0:
+            _fail_all(batch, TransportError(
+                Status.DEADLINE_EXCEEDED, f"no time left for RaftStep to {peer}"
+            ))
+            return
+        deadline = trio.current_time() + timeout
+        encoded: list[tuple[bytes, bool, ReplyCallback]] = []
+        good: list[tuple[GroupEnvelope, ReplyCallback]] = []
+        for request, callback in batch:
+            try:
+                payload = self._encode_request(peer, request)
+            except TransportError as exc:
+                deliver(callback, exc)
+                continue
+            encoded.append((payload, request.quiesce, callback))
+            good.append((request, callback))
+        if not encoded:
+            return
+        link = channel.link if channel is not None and channel.usable else None
+        if link is None or not link.usable:
+            link = None
+            channel = None
+            try:
+                with trio.move_on_at(deadline):
+                    channel = await self._channel(peer)
+                    if channel.socket is not None:
+                        channel.socket.ping_if_quiet(min(_PING_WHEN_QUIET, timeout / 2))
+                    link = await self._open_link(channel)
+            except _StreamUnsupported:
+                left = deadline - trio.current_time()
+                await super().send_batch(peer, good, timeout=left, nursery=nursery)
+                return
+            except TransportError as exc:
+                _fail_all(good, exc)
+                return
+            except BaseException:  # the caller was cancelled: its callbacks still get an answer
+                _fail_all(good, TransportError(
+                    Status.CANCELLED, f"RaftStep to {peer}: cancelled before it was sent"
+                ))
+                raise
+            if link is None:
+                socket = channel.socket if channel is not None else None
+                if socket is not None and socket.unanswered_ping_age() >= timeout / 2:
+                    assert channel is not None
+                    channel.retire(f"PING unanswered for {socket.unanswered_ping_age():.2f}s")
+                _fail_all(good, TransportError(
+                    Status.DEADLINE_EXCEEDED, f"RaftStep to {peer} timed out after {timeout:g}s"
+                ))
+                return
+        socket = link.channel.socket
+        if socket is not None:
+            socket.ping_if_quiet(min(_PING_WHEN_QUIET, timeout / 2))
+        with trio.move_on_at(deadline):  # a write stuck on flow control ends the link
+            await link.send(encoded, deadline, timeout)
+
+    async def _open_link(self, channel: _Channel) -> _Link:
+        """The channel's RaftStream, opened if needed: request headers (with the token), then
+        the response headers are awaited, so that a refusal (UNIMPLEMENTED: no RaftStream
+        there; UNAUTHENTICATED; ...) is known before anything is sent on it."""
+        peer = channel.peer
+        async with channel.link_lock:
+            link = channel.link
+            if link is not None and link.usable:
+                return link
+            if channel.stream_unsupported:
+                raise _StreamUnsupported
+            grpc_socket = channel.socket
+            links = channel.nursery
+            if not channel.usable or grpc_socket is None or links is None:
+                raise TransportError(Status.UNAVAILABLE, f"channel to {peer} closed")
+            metadata: tuple[tuple[str, str], ...] = ()
+            if self._token_client is not None:
+                try:
+                    metadata = await fetch_token(self._token_client)
+                except ValueError as exc:
+                    raise TransportError(Status.UNAUTHENTICATED, str(exc)) from None
+            channel.in_flight += 1  # the link's, from here on
+            stream: _Stream | None = None
+            opened = False
+            try:
+                stream = await grpc_socket.start_request(
+                    "https" if self.tls is not None else "http",
+                    *_STREAM_PATH[:2], _STREAM_PATH[2], channel.authority,
+                    custom_metadata=metadata,
+                )
+                if not grpc_socket.alive:
+                    raise TransportError(Status.UNAVAILABLE, "connection lost")
+                event = await stream.next_event()
+                if isinstance(event, ResponseReceived) and stream.remote_ended:
+                    event = await stream.next_event()  # trailers-only: the refusal
+                if isinstance(event, ResponseEnded):
+                    status = _status(event.status.int_value)
+                    if status == Status.UNIMPLEMENTED:
+                        log.info("%s has no RaftStream (%s): unary RaftSteps on this channel",
+                                 peer, event.status.status_message)
+                        channel.stream_unsupported = True
+                        raise _StreamUnsupported
+                    if status == Status.OK:
+                        status = Status.INTERNAL
+                    raise TransportError(status, f"RaftStream refused: "
+                                                 f"{event.status.status_message}")
+                if isinstance(event, _MessageRejected):
+                    raise TransportError(event.status, f"RaftStream refused: {event.message}")
+                if not isinstance(event, ResponseReceived):
+                    raise TransportError(Status.INTERNAL, f"RaftStream: unexpected {event!r}")
+                if not channel.usable:
+                    raise TransportError(Status.UNAVAILABLE, f"channel to {peer} closed")
+                link = _Link(channel, stream, self.server_uuid, self.max_send_message_size)
+                links.start_soon(self._run_link, link)
+                channel.link = link
+                opened = True
+                return link
+            except (TransportError, _StreamUnsupported):
+                raise
+            except Exception as exc:
+                if stream is not None and stream.failure is not None:
+                    raise stream.failure from None
+                channel.retire(f"RaftStream failed: {exc!r}")
+                raise TransportError(
+                    Status.UNAVAILABLE, f"RaftStream to {peer} failed: {exc!r}"
+                ) from None
+            finally:
+                if not opened:
+                    if stream is not None:
+                        grpc_socket.discard(stream, reset=not stream.remote_ended)
+                    channel.in_flight -= 1
+                    if channel.retired and channel.in_flight == 0:
+                        channel.scope.cancel()
+
+    async def _run_link(self, link: _Link) -> None:
+        """The link's task (in the channel's nursery): reads answers, sweeps deadlines; when
+        either ends the link (or the channel closes), every pending request fails."""
+        channel = link.channel
+        stream = link.stream
+        failure: TransportError | None = None
+        abrupt = False
+        try:
+            with link.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._link_sweeper, link)
+                    failure, abrupt = await self._link_reader(link)
+                    nursery.cancel_scope.cancel()
+        finally:
+            link.done = True
+            if channel.link is link:
+                channel.link = None
+            error = failure or link.core.failure or stream.failure or TransportError(
+                Status.UNAVAILABLE, f"RaftStream to {channel.peer} closed"
+            )
+            link.core.fail_all(error)
+            grpc_socket = channel.socket
+            if grpc_socket is not None:
+                if stream.remote_ended and not link.half_closed and grpc_socket.alive:
+                    with contextlib.suppress(Exception):  # end our side too
+                        grpc_socket._grpc_connection.end_request(stream.stream_id)
+                grpc_socket.discard(stream, reset=not stream.remote_ended)
+            channel.in_flight -= 1
+            if channel.retired and channel.in_flight == 0:
+                channel.scope.cancel()
+            if abrupt:
+                self._peer_lost(channel.peer)
+
+    async def _link_reader(self, link: _Link) -> tuple[TransportError | None, bool]:
+        """Deliver answer frames until the stream ends; returns why (None: the peer ended
+        it after our half-close) and whether that was abrupt (reset by the peer)."""
+        stream = link.stream
+        channel = link.channel
+        peer = channel.peer
+        core = link.core
+        try:
+            while True:
+                event = await stream.next_event()
+                if isinstance(event, MessageReceived):
+                    try:
+                        bad_service = core.on_frame(event.data)
+                    except BadRequest as exc:
+                        return TransportError(
+                            Status.INTERNAL, f"malformed RaftStream answer from {peer}: {exc}"
+                        ), False
+                    if bad_service is not None:  # as RaftStep: nuraft_mesg's bad_service
+                        channel.retire(f"sent to the wrong service? {bad_service}",
+                                       logging.WARNING)
+                    if channel.retired and not core.pending:
+                        link.wake()
+                elif isinstance(event, _MessageRejected):  # too large, or undecodable
+                    return TransportError(
+                        event.status, f"RaftStream answer refused: {event.message}"
+                    ), False
+                elif isinstance(event, ResponseEnded):
+                    status = _status(event.status.int_value)
+                    if status != Status.OK:
+                        return TransportError(status, event.status.status_message), False
+                    if link.half_closed:
+                        return None, False
+                    return TransportError(
+                        Status.UNAVAILABLE, f"RaftStream closed by {peer}"
+                    ), False
+        except TransportError as exc:  # reset by the peer, or connection lost
+            return exc, stream.reset_by_peer
+
+    async def _link_sweeper(self, link: _Link) -> None:
+        """Fail requests whose deadline passed (sleeping until the earliest one, no polling),
+        and half-close the stream once the channel is retired and nothing is pending."""
+        core = link.core
+        channel = link.channel
+        while True:
+            link.woken = False
+            now = trio.current_time()
+            expired = core.expire(now)
+            grpc_socket = channel.socket
+            if (
+                expired is not None and grpc_socket is not None
+                and grpc_socket.unanswered_ping_age() >= expired / 2
+            ):
+                age = grpc_socket.unanswered_ping_age()
+                channel.retire(f"PING unanswered for {age:.2f}s")
+                link.fail(TransportError(
+                    Status.UNAVAILABLE, f"{channel.peer} did not answer a PING for {age:.2f}s"
+                ))
+                self._peer_lost(channel.peer)
+                return
+            if channel.retired and not core.pending and not link.half_closed:
+                link.half_closed = True
+                link.close_by = now + _STREAM_CLOSE_GRACE
+                try:
+                    await link.stream.close()
+                except Exception as exc:
+                    link.fail(TransportError(Status.UNAVAILABLE, f"RaftStream close: {exc!r}"))
+                    return
+            if link.half_closed and now >= link.close_by:
+                link.fail(TransportError(Status.UNAVAILABLE, "RaftStream not ended by the peer"))
+                return
+            if link.woken:
+                continue
+            with trio.CancelScope(deadline=min(core.next_deadline(), link.close_by)) as scope:
+                link.sweep_scope = scope
+                await trio.sleep_forever()
+
+    def _peer_lost(self, peer: str, handler: StepHandler | None = None) -> None:
+        """Tell the handler (if it is a PeerWatcher) that the connection with ``peer`` ended
+        abruptly: a hint, which it may check with :meth:`ping`."""
+        target = handler if handler is not None else self._handler
+        if target is None or not isinstance(target, PeerWatcher):
+            return
+        try:
+            target.peer_lost(peer)
+        except Exception:
+            log.exception("peer_lost(%s) failed", peer)
+
+    async def ping(
+        self,
+        peer: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the Transport interface takes a timeout
+    ) -> None:
+        """An HTTP/2 PING on the channel to ``peer`` (connecting if needed), answered by the
+        peer's HTTP/2 layer however busy its handlers are.  A PING unanswered within
+        ``timeout`` retires the channel (presumed stale).
+
+        Raises:
+            TransportError: UNAVAILABLE (cannot connect, connection lost) or
+                DEADLINE_EXCEEDED (no answer in time).
+        """
+        if self._closed:
+            raise TransportError(Status.UNAVAILABLE, "transport is closed")
+        if not timeout > 0:
+            raise TransportError(Status.DEADLINE_EXCEEDED, f"no time left for a PING to {peer}")
+        channel: _Channel | None = None
+        acked = False
+        with trio.move_on_after(timeout):
+            channel = await self._channel(peer)
+            grpc_socket = channel.socket
+            assert grpc_socket is not None
+            await grpc_socket.ping()
+            acked = True
+            if self.enable_stream and channel.link is None and not channel.stream_unsupported:
+                # A channel that only pings makes no call, and a server drops a connection
+                # without one after its handshake_timeout: give it its (idle) RaftStream.
+                # (Its headers are what counts there; the rest may finish at the next ping.)
+                with contextlib.suppress(TransportError, _StreamUnsupported):
+                    await self._open_link(channel)
+        if acked:
+            return
+        if channel is not None:
+            channel.retire(f"PING unanswered for {timeout:g}s")
+        raise TransportError(
+            Status.DEADLINE_EXCEEDED, f"PING to {peer} unanswered after {timeout:g}s"
+        )
 
     async def data_call(
         self,
@@ -1353,8 +1924,9 @@ class GrpcTransport(Transport):
                             on_lost=channel.scope.cancel,
                             on_goaway=functools.partial(channel.retire, "peer sent GOAWAY"),
                             receive_limit=self.max_receive_message_size,
-                        ) as grpc_socket:
+                        ) as grpc_socket, trio.open_nursery() as links:
                             channel.socket = grpc_socket
+                            channel.nursery = links
                             task_status.started()
                             started = True
                             log.debug("channel to %s at %s open", channel.peer, channel.authority)
@@ -1372,11 +1944,14 @@ class GrpcTransport(Transport):
                 raise TransportError(Status.UNAVAILABLE, "channel closed while connecting")
         finally:
             channel.retired = True
+            channel.nursery = None
             self._channels.discard(channel)
             slot = self._peers.get(channel.peer)
             if slot is not None and slot.channel is channel:
                 slot.channel = None
             channel.finished.set()
+            if channel.socket is not None and channel.socket.lost_abruptly:
+                self._peer_lost(channel.peer)
 
     async def _unary(
         self,
@@ -1453,6 +2028,17 @@ async def _read_reply(stream: _Stream) -> bytes:
             if data is None:
                 raise TransportError(Status.INTERNAL, "missing response")
             return data
+
+
+class _StreamUnsupported(Exception):
+    """The peer answered RaftStream with UNIMPLEMENTED."""
+
+
+def _fail_all(
+    batch: Sequence[tuple[GroupEnvelope, ReplyCallback]], error: TransportError
+) -> None:
+    for _, callback in batch:
+        deliver(callback, error)
 
 
 def _is_uuid(text: str) -> bool:

@@ -55,6 +55,13 @@ async def cluster(caplog: pytest.LogCaptureFixture) -> AsyncIterator[tuple[LiveC
     async with LiveCluster.open(3, fast_limits) as cluster:
         gid = await cluster.create_group()
         await cluster.write(gid, b"set a 1")
+        # Once idle, the group goes quiet and its followers ping the leader's node over
+        # channels of their own: open every channel now, so that the tests' socket
+        # baselines include them.
+        for a in cluster.nodes:
+            for b in cluster.nodes:
+                if a is not b:
+                    await a.mgr.transport.ping(b.uuid, timeout=5)
         yield cluster, gid
 
 

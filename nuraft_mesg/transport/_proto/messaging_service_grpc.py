@@ -8,6 +8,9 @@ class MessagingServicer(purerpc.Servicer):
     async def RaftStep(self, input_message):
         raise NotImplementedError()
 
+    async def RaftStream(self, input_messages):
+        raise NotImplementedError()
+
     @property
     def service(self) -> purerpc.Service:
         service_obj = purerpc.Service(
@@ -20,6 +23,15 @@ class MessagingServicer(purerpc.Servicer):
                 purerpc.Cardinality.UNARY_UNARY,
                 messaging_service__pb2.RaftGroupMsg,
                 messaging_service__pb2.RaftGroupMsg,
+            )
+        )
+        service_obj.add_method(
+            "RaftStream",
+            self.RaftStream,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.STREAM_STREAM,
+                messaging_service__pb2.RaftBatch,
+                messaging_service__pb2.RaftBatch,
             )
         )
         return service_obj
@@ -37,5 +49,13 @@ class MessagingStub:
                 purerpc.Cardinality.UNARY_UNARY,
                 messaging_service__pb2.RaftGroupMsg,
                 messaging_service__pb2.RaftGroupMsg,
+            )
+        )
+        self.RaftStream = self._client.get_method_stub(
+            "RaftStream",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.STREAM_STREAM,
+                messaging_service__pb2.RaftBatch,
+                messaging_service__pb2.RaftBatch,
             )
         )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nuraft_mesg.transport._proto import raft_types_pb2 as raft__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17messaging_service.proto\x12\x0bnuraft_mesg\x1a\x10raft_types.proto\"r\n\x0cRaftGroupMsg\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12%\n\x03msg\x18\x02 \x01(\x0b\x32\x18.nuraft_mesg.RaftMessage\x12\x15\n\rintended_addr\x18\x03 \x01(\t\x12\x12\n\ngroup_type\x18\x04 \x01(\t2M\n\tMessaging\x12@\n\x08RaftStep\x12\x19.nuraft_mesg.RaftGroupMsg\x1a\x19.nuraft_mesg.RaftGroupMsgb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17messaging_service.proto\x12\x0bnuraft_mesg\x1a\x10raft_types.proto\"r\n\x0cRaftGroupMsg\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12%\n\x03msg\x18\x02 \x01(\x0b\x32\x18.nuraft_mesg.RaftMessage\x12\x15\n\rintended_addr\x18\x03 \x01(\t\x12\x12\n\ngroup_type\x18\x04 \x01(\t\"t\n\rRaftBatchItem\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x03msg\x18\x02 \x01(\x0b\x32\x19.nuraft_mesg.RaftGroupMsg\x12\x0e\n\x06status\x18\x03 \x01(\r\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07quiesce\x18\x05 \x01(\x08\"F\n\tRaftBatch\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.nuraft_mesg.RaftBatchItem2\x8f\x01\n\tMessaging\x12@\n\x08RaftStep\x12\x19.nuraft_mesg.RaftGroupMsg\x1a\x19.nuraft_mesg.RaftGroupMsg\x12@\n\nRaftStream\x12\x16.nuraft_mesg.RaftBatch\x1a\x16.nuraft_mesg.RaftBatch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RAFTGROUPMSG']._serialized_start=58
   _globals['_RAFTGROUPMSG']._serialized_end=172
-  _globals['_MESSAGING']._serialized_start=174
-  _globals['_MESSAGING']._serialized_end=251
+  _globals['_RAFTBATCHITEM']._serialized_start=174
+  _globals['_RAFTBATCHITEM']._serialized_end=290
+  _globals['_RAFTBATCH']._serialized_start=292
+  _globals['_RAFTBATCH']._serialized_end=362
+  _globals['_MESSAGING']._serialized_start=365
+  _globals['_MESSAGING']._serialized_end=508
 # @@protoc_insertion_point(module_scope)
