@@ -23,6 +23,7 @@ promises that the state it depends on survives a crash, so it must not leave bef
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nuraft_mesg.raft.snapshot import SnapshotChunk, SnapshotRead
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, Message, SnapshotMeta
@@ -98,11 +99,12 @@ class TimerCommand:
         return self.timeout_ms == 0
 
 
-@dataclass(slots=True, frozen=True)
-class CommittedEntry:
-    """An entry that is committed and durable on this node, ready to apply."""
+class CommittedEntry(NamedTuple):
+    """An entry that is committed and durable on this node, ready to apply.  A named tuple,
+    not a frozen dataclass: one is built per applied entry on every node, and a tuple is
+    built in a fraction of the time (the same fields, and as immutable)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, unused here)
     entry: LogEntry
 
 
