@@ -282,7 +282,9 @@ class Node:
             with_leader += bool(st.leader_id)
             changes += st.leader_changes
         return {"hosted": hosted, "led": led, "with_leader": with_leader,
-                "leader_changes": changes, "quiet": mgr.quiet_groups}
+                "leader_changes": changes, "quiet": mgr.quiet_groups,
+                "requests_sent": mgr.peer_statistics().sent,
+                "batches_sent": mgr.peer_statistics().batches}
 
     async def op_leader(self, cmd: dict[str, Any]) -> dict[str, Any]:
         mgr = self.mgr

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Each group is one task in its Manager's nursery, looping over a bounded inbox:
 
-    wait for the next inbox item, or for the earlier of the two timer deadlines
-    (a ``trio.move_on_at`` cancel scope: the deadlines move, nothing polls)
+    wait for the next inbox item (the node's timer task, :mod:`nuraft_mesg.timers`, puts
+    a tick there when the earliest of the group's deadlines passes: nothing polls, and no
+    cancel scope is entered per wait)
     hand the item(s) / timer expiry to the core
     drain the core's Ready: send, persist, send-after-persist, apply, advance
 
@@ -35,6 +36,7 @@ docs/raft-core.md has the details.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -76,6 +78,7 @@ from nuraft_mesg.raft.types import (
     SnapshotMeta,
 )
 from nuraft_mesg.storage.interfaces import StateManager
+from nuraft_mesg.timers import Timers
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.peers import PeerSender
 
@@ -203,7 +206,15 @@ class _Proposal:
     for all writes instead of a cancel scope per write, which cost a third of the hot path)."""
 
 
-_Item = _Request | _Reply | _Command | _Proposal
+class _Tick:
+    """Inbox item from the node's timer task: a deadline of this group has passed."""
+
+    __slots__ = ()
+
+
+_TICK = _Tick()
+
+_Item = _Request | _Reply | _Command | _Proposal | _Tick
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: _fail_everyone collects them in a set
@@ -284,6 +295,7 @@ class RaftGroup:
         apply_timeout: float = math.inf,
         quiesce: bool = False,
         on_quiet: Callable[[RaftGroup, str, bool], None] | None = None,
+        timers: Timers,
     ) -> None:
         """``apply_timeout``: seconds a :meth:`propose` may wait to be applied before its
         slot fails with :class:`~nuraft_mesg.errors.RaftTimeout`.
@@ -379,7 +391,9 @@ class RaftGroup:
         """Something other than quiet traffic was handled in this turn of the loop."""
         self._go_quiet = False
         """A follower accepted its leader's quiesce heartbeat in this turn."""
-        self._wait_scope: trio.CancelScope | None = None
+        self._timers = timers
+        self._timer_at = math.inf
+        """The deadline the timer task will wake this group at (inf: none scheduled)."""
 
     # ==========================================================================================
     # Queries (safe from any task: they read state the loop task writes between checkpoints)
@@ -588,20 +602,15 @@ class RaftGroup:
         try:
             await self._process_ready()
             while True:
-                deadline = min(self._election_deadline, self._heartbeat_deadline,
-                               self._next_expiry())
-                item: _Item | None = None
-                with trio.move_on_at(deadline) as self._wait_scope:  # see _retime
-                    item = await self._inbox_recv.receive()
-                self._wait_scope = None
-                if item is not None:
-                    self._now = trio.current_time()
-                    self._handle(item)
-                    for _ in range(_MAX_BATCH):
-                        try:
-                            self._handle(self._inbox_recv.receive_nowait())
-                        except trio.WouldBlock:
-                            break
+                self._arm_timer()
+                item = await self._inbox_recv.receive()
+                self._now = trio.current_time()
+                self._handle(item)
+                for _ in range(_MAX_BATCH):
+                    try:
+                        self._handle(self._inbox_recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
                 now = trio.current_time()
                 if now >= self._election_deadline:
                     self._election_deadline = math.inf
@@ -676,7 +685,9 @@ class RaftGroup:
 
     def _handle(self, item: _Item) -> None:
         core = self.core
-        if isinstance(item, _Reply):
+        if item is _TICK:
+            self._timer_at = math.inf  # it fired; the loop checks what is due
+        elif isinstance(item, _Reply):
             # Replies are not counted: "received" is nuraft_mesg's group_steps (requests).
             m = item.message
             if not (m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted
@@ -707,7 +718,7 @@ class RaftGroup:
                 if self._apply_timeout != math.inf and not item.applied.done:
                     item.deadline = self._now + self._apply_timeout
                     self._expiries.append(item)
-        else:
+        elif isinstance(item, _Command):
             self._stir()
             try:
                 item.result.set(item.fn(core))
@@ -1022,12 +1033,24 @@ class RaftGroup:
                 self.log.exception("on_quiet hook failed")
 
     def _retime(self) -> None:
-        """A timer moved from outside the wait (another task, or a wake): let the loop's
-        wait end by the new deadline."""
-        scope = self._wait_scope
-        if scope is not None:
-            scope.deadline = min(scope.deadline, self._election_deadline,
-                                 self._heartbeat_deadline)
+        """A timer moved from outside the loop's wait (another task, or a wake)."""
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Make sure the node's timer task wakes this group by its next deadline.  A later
+        deadline keeps the earlier entry (it fires a tick that finds nothing due); an
+        earlier one, or any once the scheduled one is due, adds an entry."""
+        deadline = min(self._election_deadline, self._heartbeat_deadline, self._next_expiry())
+        if deadline < self._timer_at or self._timer_at <= trio.current_time():
+            self._timer_at = deadline
+            self._timers.schedule(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Called by the timer task: put a tick in the inbox (a full inbox means the loop is
+        busy and checks its deadlines after the batch anyway)."""
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError,
+                                 trio.BrokenResourceError):
+            self._inbox_send.send_nowait(_TICK)
 
     def _next_heartbeat(self, now: float) -> float:
         """The next heartbeat deadline: the next multiple of the interval on trio's clock

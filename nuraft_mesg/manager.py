@@ -59,6 +59,7 @@ from nuraft_mesg.raft.types import (
 )
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.sqlite import SqliteStore
+from nuraft_mesg.timers import Timers
 from nuraft_mesg.transport.base import (
     DataRequest,
     Status,
@@ -345,6 +346,7 @@ class Manager:
         self._changed = trio.Event()
         self.data_service = DataService(self, enabled=config.enable_data_service)
         self._infra: trio.Nursery | None = None
+        self._timers = Timers()
         self._server_scope = trio.CancelScope()
         self._server_stopped = trio.Event()
         self._restart_lock = trio.Lock()
@@ -389,6 +391,7 @@ class Manager:
         # The store opens before anything serves and closes after every group stopped.
         async with self._storage(), trio.open_nursery() as infra:
             self._infra = infra
+            infra.start_soon(self._timers.run)  # every group's deadlines (nuraft_mesg.timers)
             self.port = await infra.start(self._serve_transport)
             self.log.info("serving RaftStep on port %d as server %d", self.port, self.server_id)
             if self.transport.supports_ping:
@@ -548,6 +551,7 @@ class Manager:
             apply_timeout=self.config.client_request_timeout,
             quiesce=self.transport.supports_ping,
             on_quiet=self._on_group_quiet,
+            timers=self._timers,
         )
         scope = trio.CancelScope()
 
