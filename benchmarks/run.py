@@ -93,11 +93,11 @@ class Settings:
         if quick:
             return cls(quick=True, sweep=[256, 2048], load_seconds=2, warmup=1,
                        w2_groups=30, w2_proposers=16, idle_sizes=[10, 200],
-                       idle_window=3, idle_settle=1, create_cap=10, create_concurrency=64,
+                       idle_window=3, idle_settle=1, create_cap=10, create_concurrency=32,
                        kills=3, profile_seconds=0)
         return cls(quick=False, sweep=[16, 256, 1024, 4096, 16384], load_seconds=6, warmup=2,
                    w2_groups=100, w2_proposers=32, idle_sizes=[10, 1000, 10000],
-                   idle_window=10, idle_settle=5, create_cap=60, create_concurrency=64,
+                   idle_window=10, idle_settle=5, create_cap=60, create_concurrency=32,
                    kills=20, profile_seconds=8)
 
 

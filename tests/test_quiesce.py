@@ -49,7 +49,7 @@ async def _quiet_cluster(c: SimCluster, groups: int) -> list[str]:
 # Parameters
 # ==============================================================================================
 def test_quiesce_after_param() -> None:
-    assert RaftParams().quiesce_after_s == pytest.approx(3 * 0.4)
+    assert RaftParams().quiesce_after_s == pytest.approx(2 * 0.2)
     assert RaftParams(quiesce_after_ms=5000).quiesce_after_s == 5.0
     assert RaftParams(quiesce_after_ms=-1).quiesce_after_s is None
     with pytest.raises(ValueError, match="quiesce_after_ms"):

@@ -69,8 +69,10 @@ class RaftParams:
     stop their election timers (Dragonboat's quiesce, TiKV's hibernate).  Any other traffic
     wakes the group.  Only over a transport that can ping (``Transport.supports_ping``): a
     quiet follower learns of a dead leader from node-level liveness (the Manager's pings and
-    the transport's ``peer_lost``).  0 means 3 x the upper election timeout; a negative value
-    disables quiescing.  Timers only: Raft's safety does not depend on it."""
+    the transport's ``peer_lost``).  0 means 2 x the lower election timeout (4 heartbeat rounds
+    with the defaults: a fresh group's heartbeats until it goes quiet were most of the
+    traffic of creating many groups); a negative value disables quiescing.  Timers only:
+    Raft's safety does not depend on it."""
 
     def __post_init__(self) -> None:
         low, high = self.election_timeout_ms
@@ -117,7 +119,7 @@ class RaftParams:
         """Seconds of idleness after which a leader quiesces its group; None = never."""
         if self.quiesce_after_ms < 0:
             return None
-        ms = self.quiesce_after_ms or 3 * self.election_timeout_ms[1]
+        ms = self.quiesce_after_ms or 2 * self.election_timeout_ms[0]
         return ms / 1000
 
     @property
