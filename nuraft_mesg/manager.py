@@ -187,14 +187,20 @@ class ManagerConfig:
 
     liveness_interval: float = 0.25
     """Node-level liveness for quiet groups (see ``RaftParams.quiesce_after_ms``): while a
-    group here follows a quiet leader, that leader's node is pinged every this many seconds
-    (each ping also has this deadline); when its pings have failed for longer than the lower
-    election timeout, every group it leads here campaigns soon.  The same deadline bounds the
-    probe of a peer whose connection broke (``peer_lost``)."""
+    group here follows a quiet leader, that leader's node is pinged every this many seconds;
+    when a ping is not answered within ``liveness_timeout``, every group it leads here
+    campaigns soon."""
+    liveness_timeout: float = 2.0
+    """Deadline of one liveness ping, and of the probe of a peer whose connection broke
+    (``peer_lost``).  A dead node is noticed at once (its connection is reset or refused);
+    this only bounds a silent partition.  Generous on purpose: an overloaded node answers
+    late, and taking a late answer for a dead leader would start an election in every group
+    that node leads -- more load, more late answers (measured: 10,000 groups collapsed
+    with a 0.25 s deadline)."""
 
     def __post_init__(self) -> None:
-        if not self.liveness_interval > 0:
-            raise ValueError("liveness_interval must be > 0")
+        if not (self.liveness_interval > 0 and self.liveness_timeout > 0):
+            raise ValueError("liveness_interval and liveness_timeout must be > 0")
         try:
             uuidlib.UUID(self.server_uuid)
         except ValueError:
@@ -959,32 +965,22 @@ class Manager:
                         nursery.start_soon(self._watch_peer, peer)
 
     async def _watch_peer(self, peer: str) -> None:
-        """Ping ``peer`` every ``liveness_interval`` while quiet groups here follow it; once
-        its pings have failed for longer than the lower election timeout, its groups here
-        campaign soon (which wakes them, so the watch ends)."""
+        """Ping ``peer`` every ``liveness_interval`` while quiet groups here follow it; a
+        ping unanswered within ``liveness_timeout`` makes its groups here campaign soon
+        (which wakes them, so the watch ends)."""
         interval = self.config.liveness_interval
-        last_ok = trio.current_time()
         try:
             while self._quiet_followers.get(peer):
                 start = trio.current_time()
-                if await self._ping(peer):
-                    last_ok = trio.current_time()
-                elif trio.current_time() - last_ok > self._lost_after():
-                    self._leader_lost(peer, "pings failed")
-                    last_ok = trio.current_time()
+                if not await self._ping(peer):
+                    self._leader_lost(peer, "ping failed")
                 await trio.sleep_until(start + interval)
         finally:
             self._watched.discard(peer)
 
-    def _lost_after(self) -> float:
-        """How long pings may fail before the peer counts as lost: the smallest lower
-        election timeout of the registered group types."""
-        lows = [p.election_timeout_ms[0] for p in self._group_types.values()]
-        return min(lows, default=0) / 1000
-
     async def _ping(self, peer: str) -> bool:
         try:
-            await self.transport.ping(peer, timeout=self.config.liveness_interval)
+            await self.transport.ping(peer, timeout=self.config.liveness_timeout)
         except TransportError as exc:
             self.log.debug("ping %s failed: %s", peer, exc)
             return False
