@@ -55,7 +55,7 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import KEYS, Histogram
+from benchlib import KEYS, Histogram, apply_gc_setting
 
 from nuraft_mesg import (
     InMemoryApplication,
@@ -321,6 +321,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_gc_setting()
     try:
         trio.run(Node(args).run)
     except KeyboardInterrupt:

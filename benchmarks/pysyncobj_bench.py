@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import KEYS, Histogram, NodeProcess, Window, free_port
+from benchlib import KEYS, Histogram, NodeProcess, Window, apply_gc_setting, free_port
 
 
 # -- the node (child process) -----------------------------------------------------------------
 def node_main(self_addr: str, partners: list[str]) -> int:
+    apply_gc_setting()
     from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
     class Store(SyncObj):  # type: ignore[misc]

@@ -51,6 +51,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from benchlib import (  # noqa: E402
+    DEFAULT_GC,
+    GC_ENV,
     Histogram,
     NodeError,
     NodeProcess,
@@ -1038,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-ms", type=int, default=0,
                         help="RaftParams.heartbeat_interval_ms (default: RaftParams')")
     parser.add_argument("--election-ms", type=int, nargs=2, metavar=("LOW", "HIGH"))
+    parser.add_argument("--gc", default=DEFAULT_GC, metavar="G0,G1,G2",
+                        help="gc thresholds of every node process, both libraries' "
+                        f"('default': Python's own; default {DEFAULT_GC}, see benchlib)")
     args = parser.parse_args(argv)
     if args.from_json is not None:
         return report(json.loads(args.from_json.read_text(encoding="utf-8")),
@@ -1054,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         s.idle_sizes = sorted({x for x in s.idle_sizes if x < args.groups} | {args.groups})
     s.heartbeat_ms = args.heartbeat_ms
     s.election_ms = tuple(args.election_ms) if args.election_ms else None
+    os.environ[GC_ENV] = args.gc  # inherited by every node process
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="nuraft-bench-quick-")) if args.quick
                            else ROOT / "docs")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1069,6 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_rev(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {k: v for k, v in vars(s).items()},
         "entry_bytes": ENTRY_SIZE,
+        "gc_thresholds": args.gc,
     }}
     # SIGTERM: unwind (the clusters' context managers stop their nodes)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
