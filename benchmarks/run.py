@@ -284,6 +284,9 @@ def workload0(s: Settings) -> dict[str, Any]:
     for r in out["results"]:
         log(f"  w0 concurrency {r['concurrency']}: {r['calls_per_s']:.0f} calls/s, "
             f"{r['cpu_us_per_call']:.0f} us CPU per call, process CPU {r['cpu_pct']} %")
+    for r in out.get("stream", []):
+        log(f"  w0 stream batches of {r['batch']}: {r['msgs_per_s']:.0f} messages/s, "
+            f"{r['cpu_us_per_msg']:.0f} us CPU per message")
     return out
 
 
@@ -705,6 +708,13 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             "/".join(fmt(r["calls_per_s"]) for r in rs), "(bare purerpc: ~900)")
         row("0 transport micro", "CPU per call, client + server (us)",
             "/".join(fmt(r["cpu_us_per_call"]) for r in rs))
+        st = w0.get("stream") or []
+        if st:
+            row("0 transport micro", "RaftStream messages/s, batches of "
+                + "/".join(str(r["batch"]) for r in st),
+                "/".join(fmt(r["msgs_per_s"]) for r in st))
+            row("0 transport micro", "RaftStream CPU per message, client + server (us)",
+                "/".join(fmt(r["cpu_us_per_msg"]) for r in st))
     if w1:
         b = w1["best"]
         tgt = f">= 2 x PySyncObj ({fmt(2 * w6['best']['commits_per_s'])})" if w6 else \
