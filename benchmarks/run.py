@@ -79,7 +79,7 @@ class Settings:
     load_seconds: float
     warmup: float
     w2_groups: int
-    w2_proposers: int
+    w2_proposers: list[int]
     idle_sizes: list[int]
     idle_window: float
     idle_settle: float
@@ -94,11 +94,11 @@ class Settings:
     def make(cls, quick: bool) -> Settings:
         if quick:
             return cls(quick=True, sweep=[256, 2048], load_seconds=2, warmup=1,
-                       w2_groups=30, w2_proposers=16, idle_sizes=[10, 200],
+                       w2_groups=30, w2_proposers=[16], idle_sizes=[10, 200],
                        idle_window=3, idle_settle=1, create_cap=10, create_concurrency=32,
                        kills=3, profile_seconds=0)
         return cls(quick=False, sweep=[16, 256, 1024, 4096, 16384], load_seconds=6, warmup=2,
-                   w2_groups=100, w2_proposers=32, idle_sizes=[10, 1000, 10000],
+                   w2_groups=100, w2_proposers=[32, 128], idle_sizes=[10, 1000, 10000],
                    idle_window=10, idle_settle=5, create_cap=60, create_concurrency=32,
                    kills=20, profile_seconds=8)
 
@@ -369,14 +369,19 @@ def workload2(s: Settings, log_dir: Path) -> dict[str, Any]:
             if sum(led) >= 0.95 * created["created"] or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        res = run_load(cluster, cluster.nodes, gids, s.w2_proposers, s)
-    res.update({"groups": s.w2_groups, "created": created["created"],
-                "proposers_per_group": s.w2_proposers,
-                "proposers_total": s.w2_proposers * s.w2_groups, "led_per_node": led,
-                "create_s": round(created["wall_s"], 2)})
-    log(f"  w2 {s.w2_groups} groups: {res['commits_per_s']:.0f} commits/s, "
-        f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, cpu {res['cpu_pct']}, "
-        f"others {res['others_busy_cores']} cores, errors {res['errors']}")
+        points = []
+        for per_group in s.w2_proposers:  # a small sweep, like workload 1's; the best counts
+            point = run_load(cluster, cluster.nodes, gids, per_group, s)
+            point.update({"proposers_per_group": per_group,
+                          "proposers_total": per_group * s.w2_groups})
+            points.append(point)
+            log(f"  w2 {s.w2_groups} groups, {per_group} proposers each: "
+                f"{point['commits_per_s']:.0f} commits/s, p50 {point['p50_ms']} ms, "
+                f"p99 {point['p99_ms']} ms, cpu {point['cpu_pct']}, "
+                f"others {point['others_busy_cores']} cores, errors {point['errors']}")
+    res = dict(max(points, key=lambda p: p["commits_per_s"]))
+    res.update({"groups": s.w2_groups, "created": created["created"], "sweep": points,
+                "led_per_node": led, "create_s": round(created["wall_s"], 2)})
     return res
 
 
@@ -728,7 +733,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{'/'.join(fmt(c) for c in b['cpu_pct'])} / {fmt(b['entries_per_append'], 1)}")
     if w2:
         base = w1["best"]["commits_per_s"] if w1 else None
-        row(f"2 {w2['groups']} groups", "aggregate commits/s", fmt(w2["commits_per_s"]),
+        per = "/".join(str(p["proposers_per_group"]) for p in w2.get("sweep", [w2]))
+        row(f"2 {w2['groups']} groups",
+            f"aggregate commits/s (best of {per} proposers per group)",
+            fmt(w2["commits_per_s"]),
             f">= (1) ({fmt(base)})" if base else ">= (1)",
             w2["commits_per_s"] >= base if base else None)
         row(f"2 {w2['groups']} groups", "commit latency p50 / p99",

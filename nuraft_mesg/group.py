@@ -774,8 +774,9 @@ class RaftGroup:
             writes.append(functools.partial(self.state_mgr.save_state, rd.hard_state))
         if rd.config_to_save is not None:
             writes.append(functools.partial(self.state_mgr.save_config, rd.config_to_save))
-        if len(writes) == 1:
-            await writes[0]()
+        if len(writes) == 1 or not self.log_store.group_commit:
+            for write in writes:
+                await write()
         elif writes:
             # Issued together so that a group-committing store (SQLite) makes them durable
             # in one transaction and one fsync; all are durable before any answer leaves.

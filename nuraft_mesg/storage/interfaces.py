@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import ClassVar
 
 from nuraft_mesg.raft.ready import Event
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, SnapshotMeta
@@ -49,6 +50,11 @@ class LogStore(abc.ABC):
 
     :func:`nuraft_mesg.testing.check_log_store` checks an implementation against this contract.
     """
+
+    group_commit: ClassVar[bool] = False
+    """True for a store whose concurrent writes share one transaction and one fsync (the
+    SQLite store): the runtime then issues a Ready's log write, hard state and configuration
+    together.  Otherwise it awaits them one after another (no task per write)."""
 
     __slots__ = ()
 
