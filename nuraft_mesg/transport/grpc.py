@@ -199,6 +199,7 @@ from nuraft_mesg.transport.stream import (
     check_request,
     deliver,
     encode_reply,
+    is_uuid,
     step_error_status,
 )
 from nuraft_mesg.transport.throttle import LogThrottle
@@ -1333,9 +1334,9 @@ class GrpcTransport(Transport):
             pb.ParseFromString(data)
         except DecodeError as exc:
             return Status.INVALID_ARGUMENT, f"Bad request: {exc}", b""
-        if not _is_uuid(pb.group_id):
+        if not is_uuid(pb.group_id):
             return Status.INVALID_ARGUMENT, f"Bad GroupID {pb.group_id!r}", b""
-        if not _is_uuid(pb.intended_addr) or uuid.UUID(pb.intended_addr) != self._uuid:
+        if not is_uuid(pb.intended_addr) or uuid.UUID(pb.intended_addr) != self._uuid:
             return (
                 Status.INVALID_ARGUMENT,
                 f"intended addr: [{pb.intended_addr}], our addr: [{self.server_uuid}]",
@@ -1542,12 +1543,7 @@ class GrpcTransport(Transport):
             links = channel.nursery
             if not channel.usable or grpc_socket is None or links is None:
                 raise TransportError(Status.UNAVAILABLE, f"channel to {peer} closed")
-            metadata: tuple[tuple[str, str], ...] = ()
-            if self._token_client is not None:
-                try:
-                    metadata = await fetch_token(self._token_client)
-                except ValueError as exc:
-                    raise TransportError(Status.UNAUTHENTICATED, str(exc)) from None
+            metadata = await self._call_metadata()
             channel.in_flight += 1  # the link's, from here on
             stream: _Stream | None = None
             opened = False
@@ -1953,6 +1949,15 @@ class GrpcTransport(Transport):
             if channel.socket is not None and channel.socket.lost_abruptly:
                 self._peer_lost(channel.peer)
 
+    async def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of an outbound call: the token client's header, if any."""
+        if self._token_client is None:
+            return ()
+        try:
+            return await fetch_token(self._token_client)
+        except ValueError as exc:
+            raise TransportError(Status.UNAUTHENTICATED, str(exc)) from None
+
     async def _unary(
         self,
         channel: _Channel,
@@ -1966,12 +1971,7 @@ class GrpcTransport(Transport):
         stream: _Stream | None = None
         done = False
         try:
-            metadata: tuple[tuple[str, str], ...] = ()
-            if self._token_client is not None:
-                try:
-                    metadata = await fetch_token(self._token_client)
-                except ValueError as exc:
-                    raise TransportError(Status.UNAUTHENTICATED, str(exc)) from None
+            metadata = await self._call_metadata()
             stream = await grpc_socket.start_request(
                 "https" if self.tls is not None else "http",
                 path[0], path[1], path[2], channel.authority,
@@ -2041,9 +2041,3 @@ def _fail_all(
         deliver(callback, error)
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True

@@ -59,6 +59,7 @@ __all__ = [
     "check_request",
     "deliver",
     "encode_reply",
+    "is_uuid",
     "pack_frames",
     "request_item",
     "sender_header",
@@ -173,7 +174,8 @@ def parse_frame(data: bytes) -> RaftBatch:
 
 
 # -- checks and replies shared with RaftStep ---------------------------------------------------
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
+    """Whether ``text`` parses as a uuid (group ids and node ids on the wire)."""
     try:
         uuid.UUID(text)
     except ValueError:
@@ -193,7 +195,7 @@ def check_request(
     ``intended_addr`` spelled exactly as ``our_text`` needs no parsing either."""
     group_id = request.group_id
     if known_groups is None or group_id not in known_groups:
-        if not _is_uuid(group_id):
+        if not is_uuid(group_id):
             return f"Bad GroupID {group_id!r}"
         if known_groups is not None:
             if len(known_groups) >= _KNOWN_GROUPS_MAX:
@@ -201,7 +203,7 @@ def check_request(
             known_groups.add(group_id)
     intended = request.intended_addr
     if intended != our_text:
-        if not _is_uuid(intended):
+        if not is_uuid(intended):
             return f"Bad intended addr {intended!r}"
         if uuid.UUID(intended) != our_uuid:
             return f"intended addr: [{intended}], our addr: [{our_text}]"
