@@ -32,6 +32,7 @@ from nuraft_mesg.raft.types import ClusterConfig, LogType, SnapshotMeta
 from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.storage.sqlite import SqliteStore
 from nuraft_mesg.testing.client import RaftClient
+from nuraft_mesg.transport.status import GroupStatus
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX only")
 
@@ -257,18 +258,7 @@ async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) ->
                     await cluster.wait_ready(node)
                 await cluster.wait_acked(acked_before + 20)
                 stop.set()
-            # A last acknowledged write, then time for the followers to learn its commit.
-            async with RaftClient(peers, cluster.group_id, GROUP_TYPE) as client:
-                with trio.fail_after(15):
-                    while True:
-                        try:
-                            await client.append([b"set final 1"], timeout=2.0)
-                            break
-                        except RaftError:
-                            await trio.sleep(0.1)
-            cluster.acked.append((-1, b"set final 1"))
-            cluster.attempted.add(b"set final 1")
-            await trio.sleep(1.0)
+            await final_write(cluster, peers)
             for node in nodes:
                 await cluster.stop(node)
     finally:
@@ -311,14 +301,13 @@ def check_no_loss(cluster: Cluster, logs: dict[str, list[bytes]]) -> None:
     assert states[0] == states[1] == states[2]
 
 
-
 async def wait_applied_everywhere(cluster: Cluster, peers: dict[str, str]) -> None:
     """Until every node applied the leader's commit index (the nodes are other processes:
     their Admin/Status is polled until the condition holds)."""
     async with ExternalClient(peers, request_timeout=2.0) as client:
         with trio.fail_after(15):
             while True:
-                groups = []
+                groups: list[GroupStatus] = []
                 for node in cluster.nodes:
                     try:
                         groups += (await client.status(node.uuid, (cluster.group_id,))).groups
@@ -330,6 +319,22 @@ async def wait_applied_everywhere(cluster: Cluster, peers: dict[str, str]) -> No
                 ):
                     return
                 await trio.sleep(0.05)
+
+
+async def final_write(cluster: Cluster, peers: dict[str, str]) -> None:
+    """A last acknowledged write, then wait until every node has applied the leader's commit
+    index (so the read-back sees what the followers were told was committed)."""
+    async with RaftClient(peers, cluster.group_id, GROUP_TYPE) as client:
+        with trio.fail_after(15):
+            while True:
+                try:
+                    await client.append([b"set final 1"], timeout=2.0)
+                    break
+                except RaftError:
+                    await trio.sleep(0.1)  # retry back-off
+    cluster.acked.append((-1, b"set final 1"))
+    cluster.attempted.add(b"set final 1")
+    await wait_applied_everywhere(cluster, peers)
 
 
 async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
@@ -372,17 +377,7 @@ async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
                 # Progress needs two nodes that restored their state from their snapshots.
                 await cluster.wait_acked(acked_before + 40)
                 stop.set()
-            async with RaftClient(peers, cluster.group_id, GROUP_TYPE) as client:
-                with trio.fail_after(15):
-                    while True:
-                        try:
-                            await client.append([b"set final 1"], timeout=2.0)
-                            break
-                        except RaftError:
-                            await trio.sleep(0.1)  # retry back-off
-            cluster.acked.append((-1, b"set final 1"))
-            cluster.attempted.add(b"set final 1")
-            await wait_applied_everywhere(cluster, peers)
+            await final_write(cluster, peers)
             for node in nodes:
                 await cluster.stop(node)
     finally:

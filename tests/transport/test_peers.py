@@ -366,7 +366,7 @@ async def test_misuse_is_refused() -> None:
             pass  # pragma: no cover
     for bad in ({"queue_size": 0}, {"max_in_flight": 0}, {"max_batch": 0}, {"timeout": 0.0}):
         with pytest.raises(ValueError):
-            PeerSender(transport, **bad)  # type: ignore[arg-type]
+            PeerSender(transport, **bad)
 
 
 async def test_an_error_in_the_block_comes_out_unwrapped() -> None:
