@@ -8,6 +8,7 @@ import hypothesis
 import hypothesis.strategies as st
 import pytest
 import trio
+import trio.testing
 
 from nuraft_mesg.raft.ready import BecomeLeader, RemovedFromCluster
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, ServerConfig
@@ -182,19 +183,17 @@ async def test_memory_log_store_rejects_compaction_with_wrong_term() -> None:
     assert store.start_index() == 1
 
 
-async def test_memory_log_store_write_is_a_checkpoint() -> None:
-    """A write yields to other tasks, as a real disk write would."""
+async def test_memory_writes_complete_without_yielding() -> None:
+    """An in-memory write completes at once: a yield would cost every Ready of every group a
+    scheduler round (the latency of every commit); slow disks are the harness's SimDisk."""
     store = MemoryLogStore()
-    seen: list[int] = []
-
-    async def observer() -> None:
-        seen.append(store.next_slot())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store.write, 1, [LogEntry(term=1)])
-        nursery.start_soon(observer)
+    smgr = MemoryStateManager(1, "uuid-1")
+    with trio.testing.assert_no_checkpoints():
+        await store.write(1, [LogEntry(term=1)])
+        await smgr.save_state(HardState(term=1, vote=1, commit=0))
+        await smgr.save_config(ClusterConfig(servers=(ServerConfig(id=1, endpoint="uuid-1"),)))
     assert store.next_slot() == 2
-    assert seen == [1]
+    assert smgr.read_state() == HardState(term=1, vote=1, commit=0)
 
 
 # -- MemoryStateManager ------------------------------------------------------------------------
