@@ -145,6 +145,17 @@ class Cluster:
         node.proc = None
         self.kills += 1
 
+    async def kill_everyone(self, nodes: list[Node], *, down_for: float = 0.0) -> None:
+        """kill -9 every node at once, keep them down ``down_for`` seconds (a pause, not a
+        wait for anything), restart them and wait until each serves again."""
+        for node in nodes:
+            await self.kill(node)
+        await trio.sleep(down_for)
+        for node in nodes:
+            await self.start(node)
+        for node in nodes:
+            await self.wait_ready(node)
+
     async def stop(self, node: Node) -> None:
         assert node.proc is not None
         node.proc.send_signal(signal.SIGTERM)
@@ -249,13 +260,7 @@ async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) ->
                     await cluster.wait_acked(acked_before + 5)
                 # Every node at once.
                 acked_before = len(cluster.acked)
-                for node in nodes:
-                    await cluster.kill(node)
-                await trio.sleep(0.3)
-                for node in nodes:
-                    await cluster.start(node)
-                for node in nodes:
-                    await cluster.wait_ready(node)
+                await cluster.kill_everyone(nodes, down_for=0.3)
                 await cluster.wait_acked(acked_before + 20)
                 stop.set()
             await final_write(cluster, peers)
@@ -368,12 +373,7 @@ async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
                 await cluster.wait_ready(victim)
                 await cluster.wait_acked(acked_before + 40)
                 acked_before = len(cluster.acked)
-                for node in nodes:
-                    await cluster.kill(node)
-                for node in nodes:
-                    await cluster.start(node)
-                for node in nodes:
-                    await cluster.wait_ready(node)
+                await cluster.kill_everyone(nodes)
                 # Progress needs two nodes that restored their state from their snapshots.
                 await cluster.wait_acked(acked_before + 40)
                 stop.set()
