@@ -20,60 +20,22 @@ import trio
 
 from nuraft_mesg.raft.node import RaftNode, Role
 from nuraft_mesg.raft.params import RaftParams
-from nuraft_mesg.raft.types import HardState, Message, MsgType
+from nuraft_mesg.raft.types import MsgType
 from nuraft_mesg.testing import InvariantViolation, SimCluster, check_invariants
 from nuraft_mesg.testing.sim import SimMessage
 from nuraft_mesg.transport.codec import GroupEnvelope
+from tests.broken_cores import (
+    AppliesEarly,
+    CommitsOldTerms,
+    SkipsPrevCheck,
+    forgets_vote,
+)
 
 # Elections happen only when a scenario asks (SimCluster.campaign); one entry per append.
 SCRIPTED = RaftParams(heartbeat_interval_ms=100, election_timeout_ms=(20_000, 40_000),
                       pre_vote=False, leadership_expiry_ms=-1, max_append_entries=1)
 AE = MsgType.APPEND_ENTRIES_REQUEST
 
-Factory = Callable[..., RaftNode]
-
-
-# ==============================================================================================
-# The broken cores
-# ==============================================================================================
-class CommitsOldTerms(RaftNode):
-    """Commits any entry a quorum holds, whatever its term (no Raft §5.4.2 check)."""
-
-    def _maybe_commit(self) -> None:
-        voters = self.config.voters
-        matches = [pr.match for p, pr in self.progress.items() if p in voters]
-        if self.id in voters:
-            matches.append(self.log.persisted)
-        if len(matches) < self.config.quorum:
-            return
-        candidate = sorted(matches, reverse=True)[self.config.quorum - 1]
-        if candidate > self.commit:
-            self._set_commit(candidate)
-            self._pending_broadcast = True
-
-
-def forgets_vote(node_id: int, params: RaftParams, **kw: Any) -> RaftNode:
-    """Loads its term but not its vote when it restarts."""
-    hs = kw.pop("hard_state", None) or HardState()
-    return RaftNode(node_id, params, hard_state=dataclasses.replace(hs, vote=-1), **kw)
-
-
-class SkipsPrevCheck(RaftNode):
-    """Accepts an append whenever it has *some* entry at the previous index, without
-    comparing that entry's term with the leader's."""
-
-    def _handle_append(self, m: Message) -> None:
-        mine = self.log.term_at(m.last_log_index)
-        if mine is not None:
-            m = dataclasses.replace(m, last_log_term=mine)
-        super()._handle_append(m)
-
-
-class AppliesEarly(RaftNode):
-    """Applies whatever is durable here, committed or not."""
-
-    def _next_apply_limit(self) -> int:
-        return self.log.persisted
 
 
 # ==============================================================================================

@@ -24,7 +24,7 @@ from nuraft_mesg.raft.types import ClusterConfig
 from nuraft_mesg.storage.interfaces import StateMachine
 from nuraft_mesg.testing import InvariantViolation, SimCluster, SimRunner
 from nuraft_mesg.testing.machine import MachineStats, RaftClusterMachine
-from tests.harness.test_checkers import AppliesEarly
+from tests.broken_cores import AppliesEarly
 
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 STEPS = 50 if THOROUGH else 40
