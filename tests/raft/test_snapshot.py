@@ -312,7 +312,9 @@ def test_a_lost_object_is_sent_again_and_the_transfer_resumes() -> None:
     assert c.applied_data(3) == c.applied_data(1)
 
 
-def test_receiver_crash_mid_transfer_restarts_from_object_zero() -> None:
+def mid_transfer(staged: int) -> CoreCluster:
+    """Leader 1 sends node 3 (down while 20 entries were written and compacted) a snapshot
+    of 2-entry objects; delivery stops once node 3 has staged ``staged`` objects."""
     c = snap_cluster(chunk=2)
     c.elect(1)
     c.crash(3)
@@ -320,10 +322,15 @@ def test_receiver_crash_mid_transfer_restarts_from_object_zero() -> None:
     c.restart(3)
     c.heartbeat(1)
     for _ in range(200):
-        if len(c.nodes[3].staged) >= 4:
+        if len(c.nodes[3].staged) >= staged:
             break
         assert c.deliver(0) is not None
-    assert len(c.nodes[3].staged) >= 4
+    assert len(c.nodes[3].staged) >= staged
+    return c
+
+
+def test_receiver_crash_mid_transfer_restarts_from_object_zero() -> None:
+    c = mid_transfer(staged=4)
     c.crash(3)  # staged objects are lost with the in-memory stand-in
     c.restart(3)
     assert c.nodes[3].staged == []
@@ -338,16 +345,7 @@ def test_receiver_crash_mid_transfer_restarts_from_object_zero() -> None:
 
 
 def test_sender_crash_mid_transfer_new_leader_restarts_it() -> None:
-    c = snap_cluster(chunk=2)
-    c.elect(1)
-    c.crash(3)
-    write(c, 1, 20)
-    c.restart(3)
-    c.heartbeat(1)
-    for _ in range(200):
-        if len(c.nodes[3].staged) >= 3:
-            break
-        assert c.deliver(0) is not None
+    c = mid_transfer(staged=3)
     c.crash(1)
     c.bag.clear()
     c.election_timeout(3)  # its lease on leader 1 runs out
