@@ -90,6 +90,8 @@ _CLIENT_TYPES = frozenset(
     {MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST, MsgType.REMOVE_SERVER_REQUEST}
 )
 _VOTE_TYPES = frozenset({MsgType.PRE_VOTE_REQUEST, MsgType.REQUEST_VOTE_REQUEST})
+_MAX_POSTPONED = 3
+"""Election timeouts a follower postpones in a row while its own process runs late."""
 _MAX_BATCH = 256
 """Inbox items handled before one Ready is drained: proposals from many callers arriving in
 the same loop turn share one storage write and one round of appends (group commit)."""
@@ -392,6 +394,8 @@ class RaftGroup:
         self._go_quiet = False
         """A follower accepted its leader's quiesce heartbeat in this turn."""
         self._timers = timers
+        self._postponed = 0
+        """Election timeouts postponed in a row because this process ran late."""
         self._timer_at = math.inf
         """The deadline the timer task will wake this group at (inf: none scheduled)."""
 
@@ -613,8 +617,7 @@ class RaftGroup:
                         break
                 now = trio.current_time()
                 if now >= self._election_deadline:
-                    self._election_deadline = math.inf
-                    self.core.election_timeout()
+                    self._election_expired(now)
                 if now >= self._heartbeat_deadline:
                     self._heartbeat_deadline = self._next_heartbeat(now)
                     self._quiesce_round = self._should_quiesce(now)
@@ -1000,6 +1003,7 @@ class RaftGroup:
 
     def _elect_soon(self) -> None:
         """Campaign within half the lower election timeout (the leader looks dead)."""
+        self._postponed = _MAX_POSTPONED  # a dead leader's node is not our own lateness
         self._set_quiet(False)
         half_low = self.params.election_timeout_ms[0] / 2000
         soon = trio.current_time() + self._rng.uniform(0, half_low)
@@ -1032,6 +1036,22 @@ class RaftGroup:
                 self._on_quiet(self, leader, quiet)
             except Exception:
                 self.log.exception("on_quiet hook failed")
+
+    def _election_expired(self, now: float) -> None:
+        """The election timer fired.  If this process's own event loop is running late (by
+        more than a heartbeat interval), the leader's heartbeats are probably queued here
+        rather than missing: wait out twice the delay, at most ``_MAX_POSTPONED`` times in a
+        row, before campaigning.  Timers only: safety does not depend on it; a dead leader
+        is still replaced, a little later, and the transport's ``peer_lost`` is not
+        postponed."""
+        lag = self._timers.lag(now)
+        if lag > self._heartbeat_interval and self._postponed < _MAX_POSTPONED:
+            self._postponed += 1
+            self._election_deadline = now + 2 * lag
+            return
+        self._postponed = 0
+        self._election_deadline = math.inf
+        self.core.election_timeout()
 
     def _retime(self) -> None:
         """A timer moved from outside the loop's wait (another task, or a wake)."""

@@ -30,7 +30,7 @@ class Timers:
     """A heap of ``(deadline, callback)``; :meth:`run` calls each callback once its deadline
     has passed.  Callbacks run in the timer task and must not block."""
 
-    __slots__ = ("_changed", "_heap", "_next", "_seq")
+    __slots__ = ("_changed", "_heap", "_lag", "_lag_at", "_next", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
@@ -38,6 +38,15 @@ class Timers:
         self._next = math.inf
         """When the timer task will wake next (inf: it waits for a schedule)."""
         self._changed = trio.Event()
+        self._lag = 0.0
+        self._lag_at = -math.inf
+
+    def lag(self, now: float, *, within: float = 1.0) -> float:
+        """How late (seconds) the timer task last fired a due entry, if that was in the last
+        ``within`` seconds, else 0: this process's event-loop delay.  A group that finds its
+        election timer expired while the loop is this late was likely kept from hearing its
+        leader by its own process (overload), not by a dead leader."""
+        return self._lag if now - self._lag_at <= within else 0.0
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -57,6 +66,8 @@ class Timers:
         heap = self._heap
         while True:
             now = trio.current_time()
+            if heap and heap[0][0] <= now:
+                self._lag, self._lag_at = now - heap[0][0], now
             while heap and heap[0][0] <= now:
                 heapq.heappop(heap)[2]()
             self._next = heap[0][0] if heap else math.inf
