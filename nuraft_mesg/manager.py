@@ -532,7 +532,8 @@ class Manager:
     def lookup_state_manager(self, group_id: str) -> StateManager | None:
         return self._state_mgrs.get(group_id)
 
-    async def _start_group(self, group_id: str, group_type: str, smgr: StateManager) -> RaftGroup:
+    async def _start_group(self, group_id: str, group_type: str, smgr: StateManager,
+                           bootstrap: ClusterConfig | None = None) -> RaftGroup:
         if self._groups_nursery is None or self._peers is None or self._closing:
             raise Cancelled("manager is not running")
         try:
@@ -543,6 +544,11 @@ class Manager:
         if self._store is not None:
             smgr = self._store.wrap(smgr, group_id, group_type or self.config.default_group_type)
         smgr.become_ready()
+        if bootstrap is not None and smgr.read_state() is None \
+                and smgr.load_log_store().next_slot() == 1:
+            # A fresh group that starts with all its members: persisted before the group
+            # runs, so a restart comes back with the same first configuration.
+            await smgr.save_config(bootstrap)
         group = RaftGroup(
             group_id=group_id,
             group_type=group_type or self.config.default_group_type,
@@ -575,7 +581,8 @@ class Manager:
         return group
 
     async def _ensure_group(
-        self, group_id: str, group_type: str, smgr: StateManager | None
+        self, group_id: str, group_type: str, smgr: StateManager | None,
+        bootstrap: ClusterConfig | None = None,
     ) -> RaftGroup:
         lock = self._group_locks.setdefault(group_id, trio.Lock())
         async with lock:
@@ -586,23 +593,56 @@ class Manager:
                 smgr = self._state_mgrs.get(group_id) or self.app.create_state_mgr(
                     self.server_id, group_id
                 )
-            return await self._start_group(group_id, group_type, smgr)
+            return await self._start_group(group_id, group_type, smgr, bootstrap)
 
-    async def create_group(self, group_id: str, group_type: str) -> None:
+    async def create_group(self, group_id: str, group_type: str, *,
+                           members: Sequence[str] = ()) -> None:
         """Create a group led by this node and wait until this node leads it.
 
         The state manager comes from ``app.create_state_mgr``; its initial configuration
-        should list only this node, which then elects itself.
+        should list only this node, which then elects itself (others join through
+        :meth:`add_member`).
+
+        ``members`` (an extension of nuraft_mesg's API): the uuids of *all* the group's
+        members, this node included, the first being the one that campaigns at once.  Every
+        member calls ``create_group`` with the same list (as etcd's initial cluster), and the
+        group starts with all of them in its first configuration: one election instead of
+        two joins and two configuration changes.  The first member's call waits until the
+        group has a leader (normally itself); the others return once the group runs here.
+        A group this node already holds (or has stored) keeps its own configuration.
 
         Raises:
-            ServerNotFound: unknown group type.  Cancelled: not leader within
-            ``leader_change_timeout`` (nuraft_mesg's CANCELLED).
+            ServerNotFound: unknown group type.  Cancelled: not leader (with ``members``: no
+            leader) within ``leader_change_timeout`` (nuraft_mesg's CANCELLED).
+            BadRequest: ``members`` does not name this node, or names one twice.
         """
+        if members:
+            await self._create_with_members(group_id, group_type, list(members))
+            return
         group = await self._ensure_group(group_id, group_type, None)
         if not group.is_leader:
             await group.run_command(lambda core: core.election_timeout())
         if not await self._wait(group, lambda: group.is_leader):
             raise Cancelled(f"this node did not become leader of {group_id}")
+
+    async def _create_with_members(self, group_id: str, group_type: str,
+                                   members: list[str]) -> None:
+        try:
+            uuids = [str(uuidlib.UUID(m)) for m in members]
+        except ValueError:
+            raise BadRequest(f"members must be uuids: {members!r}") from None
+        if len(set(uuids)) != len(uuids) or self.server_uuid not in uuids:
+            raise BadRequest(f"members must name this node ({self.server_uuid}) and no "
+                             f"node twice: {members!r}")
+        bootstrap = ClusterConfig(servers=tuple(ServerConfig(id=to_server_id(u), endpoint=u)
+                                                for u in uuids))
+        group = await self._ensure_group(group_id, group_type, None, bootstrap)
+        if uuids[0] != self.server_uuid:
+            return
+        if group.leader_id == "":
+            await group.run_command(lambda core: core.election_timeout())
+        if not await self._wait(group, lambda: group.leader_id != ""):
+            raise Cancelled(f"group {group_id} has no leader")
 
     async def join_group(self, group_id: str, group_type: str, state_mgr: StateManager) -> None:
         """Start hosting a group from the caller's state manager (the restart path).  An

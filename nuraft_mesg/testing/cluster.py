@@ -36,6 +36,7 @@ recorded in :attr:`SimCluster.writes`; an acknowledged write is checked for ever
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -72,6 +73,7 @@ from nuraft_mesg.storage.interfaces import LogStore, StateMachine, StateManager
 from nuraft_mesg.storage.memory import KVStateMachine, MemoryLogStore
 from nuraft_mesg.testing.checkers import ClusterChecker, LivenessViolation, check_invariants
 from nuraft_mesg.testing.sim import LinkState, SimNetwork, SimTransport
+from nuraft_mesg.transport.base import Transport
 from nuraft_mesg.transport.codec import GroupEnvelope
 
 __all__ = [
@@ -415,7 +417,7 @@ class SimCluster:
         disk_latency: tuple[float, float] = (0.0, 0.0),
         leave_on_removal: bool = True,
         configure: Callable[[ManagerConfig], ManagerConfig] | None = None,
-        transport_factory: Callable[[SimNetwork, str], SimTransport] = SimTransport,
+        transport_factory: Callable[[SimNetwork, str], Transport] = SimTransport,
     ) -> None:
         self._nursery = nursery
         self.network = network
@@ -696,9 +698,13 @@ class SimCluster:
         members: Sequence[str | int | SimNode] | None = None,
         *,
         timeout: float = 60.0,  # noqa: ASYNC109 - simulated seconds, part of the helper's API
+        all_at_once: bool = False,
     ) -> str:
         """Create a group led by the first of ``members`` (default: every node) and add the
-        others one by one.  Returns its id.  Needs a working network."""
+        others one by one.  Returns its id.  Needs a working network.
+
+        ``all_at_once``: every member calls ``create_group(members=...)`` instead, so the
+        group starts with all of them (one election, no joins)."""
         nodes = [self.node(m) for m in members] if members is not None else list(self.nodes)
         gid = str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
         self.group_ids.append(gid)
@@ -708,6 +714,14 @@ class SimCluster:
         checker.note(f"create {self.group_name(gid)} on {[n.name for n in nodes]}")
         for n in nodes:
             checker.on_invite(gid, n.server_id)
+        if all_at_once:
+            uuids = [n.uuid for n in nodes]
+            with trio.fail_after(timeout):
+                async with trio.open_nursery() as nursery:
+                    for n in nodes:
+                        nursery.start_soon(functools.partial(
+                            n.mgr.create_group, gid, GROUP_TYPE, members=uuids))
+            return gid
         with trio.fail_after(timeout):
             await nodes[0].mgr.create_group(gid, GROUP_TYPE)
             for n in nodes[1:]:
