@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from nuraft_mesg.raft.node import RaftNode
 from nuraft_mesg.raft.types import ClusterConfig, LogType, MsgType, ServerConfig
+from nuraft_mesg.testing.cluster import GROUP_TYPE
 from nuraft_mesg.transport._proto.data_service_pb2 import DataServiceRequest
 from nuraft_mesg.transport._proto.messaging_service_pb2 import RaftGroupMsg
 from nuraft_mesg.transport.base import Status
@@ -108,7 +109,7 @@ class Arena:
         for n in self.cluster.nodes:
             assert set(self.groups) <= set(n.mgr.group_ids), n.name
         for k, gid in enumerate(self.groups):
-            await self.cluster.write(gid, b"set after-storm %d" % k)
+            await self.cluster.commit(gid, b"set after-storm %d" % k)
             ctx = self.cluster.nodes[1].mgr.group(gid)
             assert await ctx.data_service_request_bidirectional(
                 self.target.uuid, "echo", b"still here") == b"still here"
@@ -126,7 +127,7 @@ async def arena(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Arena]:
         for gid in groups:
             for n in cluster.nodes:
                 assert n.mgr.bind_data_service_request("echo", gid, echo)
-            await cluster.write(gid, b"set before 1")
+            await cluster.commit(gid, b"set before 1")
         async with GrpcTransport(
             server_uuid=str(uuid.uuid4()),
             lookup_peer=lambda alias: cluster.directory.get(alias.split("#")[0], ""),
@@ -274,7 +275,7 @@ VALID_SHAPES = st.builds(
     Shape,
     group=st.sampled_from(["hosted", "hosted", "other-hosted", "unknown"]),
     intended=st.just("target"),
-    group_type=st.sampled_from(["", "sec"]),
+    group_type=st.sampled_from(["", GROUP_TYPE]),
     mtype=st.sampled_from(REQUEST_TYPES),
     term=st.one_of(
         st.tuples(st.sampled_from(["stale", "same", "future"]), st.integers(0, 5)),
@@ -300,7 +301,7 @@ WILD_SHAPES = st.builds(
     Shape,
     group=st.sampled_from(["hosted", "hosted", "hosted", "other-hosted", "unknown", "", "x"]),
     intended=st.sampled_from(["target"] * 6 + ["other", "", "not-a-uuid"]),
-    group_type=st.sampled_from(["", "", "sec", "unknown-type", "\x00"]),
+    group_type=st.sampled_from(["", "", GROUP_TYPE, "unknown-type", "\x00"]),
     mtype=st.one_of(st.sampled_from([int(t) for t in MsgType]), st.integers(0, 2**32 - 1)),
     term=st.one_of(
         st.tuples(st.sampled_from(["stale", "same", "future"]), st.integers(0, 5)),

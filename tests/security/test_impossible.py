@@ -193,14 +193,14 @@ CASES = _cases()
 async def _prepare(cluster: LiveCluster) -> str:
     gid = await cluster.create_group()
     for k in range(3):
-        await cluster.write(gid, b"set k%d v" % k)
+        await cluster.commit(gid, b"set k%d v" % k)
     # a few elections, so that "the past" exists
     for _ in range(2):
         leader = cluster.leader(gid)
         assert leader is not None
         other = next(n for n in cluster.nodes if n is not leader)
         await other.mgr.become_leader(gid)
-        await cluster.write(gid, b"set after-election 1")
+        await cluster.commit(gid, b"set after-election 1")
     return gid
 
 
@@ -209,7 +209,7 @@ async def _try(cluster: LiveCluster, gid: str, attacker: GrpcTransport, case: Ca
     """Send one case; "" if everything held, else what went wrong."""
     leader = cluster.leader(gid)
     if leader is None:
-        await cluster.write(gid, b"set wait-for-leader 1")
+        await cluster.commit(gid, b"set wait-for-leader 1")
         leader = cluster.leader(gid)
     assert leader is not None
     target = leader if role == "leader" else next(n for n in cluster.nodes if n is not leader)
@@ -229,7 +229,7 @@ async def _try(cluster: LiveCluster, gid: str, attacker: GrpcTransport, case: Ca
         return "the set of hosted groups changed"
     # The group still commits (a new leader may have to be elected first) and every
     # invariant holds on every node.
-    await cluster.write(gid, b"set after " + case.name.encode())
+    await cluster.commit(gid, b"set after " + case.name.encode())
     cluster.check()
     return ""
 
@@ -261,7 +261,7 @@ def test_cases_are_well_formed() -> None:
         class log:
             last_index, last_term, start_index = 4, 5, 1
 
-    node = LiveNode("n", str(uuid.uuid4()), server_id=77)
+    node = LiveNode("n", str(uuid.uuid4()), server_id=77, core_factory=RaftNode)
     for case in CASES:
         payload = case.build(FakeCore(), node, str(uuid.uuid4()))  # type: ignore[arg-type]
         if case.expect == {Status.OK}:

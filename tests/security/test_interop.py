@@ -78,7 +78,7 @@ async def test_grpcio_client_against_live_nodes(tmp_path: Path) -> None:
 
     async with LiveCluster.open(3, configure) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")
+        await cluster.commit(gid, b"set a 1")
         leader = cluster.leader(gid)
         assert leader is not None
         follower = next(n for n in cluster.nodes if n is not leader)
@@ -160,10 +160,10 @@ async def test_grpcio_client_against_live_nodes(tmp_path: Path) -> None:
         assert reply["rc_response"].get("accepted") is True
         assert base64.b64decode(reply["rc_response"]["context"]) == b"OK"
         index = int(reply["rc_response"]["next_index"]) - 1
-        with trio.fail_after(10):
-            await cluster.wait_until(lambda: all(
-                n.mgr.group(gid).statistics().applied_index >= index for n in cluster.nodes))
-        await cluster.write(gid, b"set after-grpcio 1")
+        assert await cluster.wait_until(lambda: all(
+            n.mgr.group(gid).statistics().applied_index >= index for n in cluster.nodes),
+            timeout=10, poll=0.05)
+        await cluster.commit(gid, b"set after-grpcio 1")
         cluster.check()
 
 
@@ -176,7 +176,7 @@ async def test_grpcio_over_mutual_tls_with_token(tmp_path: Path, certs: Certs) -
 
     async with LiveCluster.open(2, configure) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")
+        await cluster.commit(gid, b"set a 1")
         node = cluster.nodes[1]
         target = f"localhost:{node.mgr.port}"
         ping = {"method": "RaftStep", "request": raft_msg(gid, node, MsgType.PING_REQUEST)}
@@ -197,5 +197,5 @@ async def test_grpcio_over_mutual_tls_with_token(tmp_path: Path, certs: Certs) -
         # plaintext grpcio against the TLS port
         r = await run_grpcio(tmp_path, target, [{**ping, "metadata": token, "timeout": 3}])
         assert r[0]["code"] == "UNAVAILABLE", r
-        await cluster.write(gid, b"set after 1")
+        await cluster.commit(gid, b"set after 1")
         cluster.check()

@@ -156,7 +156,7 @@ async def test_manager_limits_apply_to_data_service_and_raft() -> None:
             with pytest.raises(BadRequest):
                 await ctx.data_service_request_bidirectional(n1.uuid, "echo", b"a" * (100 * KIB))
             count_input("oversize")
-            await cluster.write(gid, b"set k v")
+            await cluster.commit(gid, b"set k v")
         assert await ctx.data_service_request_bidirectional(n1.uuid, "echo", b"b") == b"b"
         cluster.check()
 

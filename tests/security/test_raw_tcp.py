@@ -54,7 +54,7 @@ async def cluster(caplog: pytest.LogCaptureFixture) -> AsyncIterator[tuple[LiveC
     caplog.set_level(logging.WARNING, logger="nuraft_mesg")
     async with LiveCluster.open(3, fast_limits) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")
+        await cluster.commit(gid, b"set a 1")
         # Once idle, the group goes quiet and its followers ping the leader's node over
         # channels of their own: open every channel now, so that the tests' socket
         # baselines include them.
@@ -86,7 +86,7 @@ async def read_until_closed(stream: trio.SocketStream, within: float) -> tuple[b
 
 async def still_serving(cluster: LiveCluster, gid: str, caplog: pytest.LogCaptureFixture,
                         tag: bytes) -> None:
-    await cluster.write(gid, b"set alive " + tag)
+    await cluster.commit(gid, b"set alive " + tag)
     cluster.check()
     crashed = [r.getMessage() for r in caplog.records
                if r.exc_info is not None and r.name.startswith("nuraft_mesg")]
@@ -216,7 +216,7 @@ async def test_half_open_and_one_byte_per_second(cluster: tuple[LiveCluster, str
             nursery.start_soon(silent)
         nursery.start_soon(one_byte_per_second)
         for k in range(5):  # real traffic goes on meanwhile
-            await live.write(gid, b"set during %d" % k)
+            await live.commit(gid, b"set during %d" % k)
     assert len(dropped) == 20 and all(LIMIT - 0.1 <= t <= LIMIT + 2 for t in dropped), dropped
     await still_serving(live, gid, caplog, b"half-open")
     await assert_no_socket_leak(baseline)
@@ -270,4 +270,4 @@ async def test_stalled_tls_handshake_is_dropped(certs: Certs) -> None:
             for data in (b"", bytes.fromhex("160301"), GARBAGE["tls-hello"][:40]):
                 nursery.start_soon(stall, data)
         gid = await live.create_group()
-        await live.write(gid, b"set tls 1")
+        await live.commit(gid, b"set tls 1")

@@ -57,7 +57,7 @@ async def echo(request: bytes) -> bytes:
 
 async def _cluster_works(cluster: LiveCluster) -> str:
     gid = await cluster.create_group()
-    await cluster.write(gid, b"set k v")
+    await cluster.commit(gid, b"set k v")
     leader = cluster.leader(gid)
     assert leader is not None
     for n in cluster.nodes:
@@ -116,7 +116,7 @@ async def test_mutual_tls_refuses_clients_without_a_valid_certificate(
             assert status == Status.UNAVAILABLE, (client, path, status)
         assert received(target, solo) == before
         # The door held and the house still stands: the cluster commits, invariants hold.
-        await cluster.write(gid, b"set after refused")
+        await cluster.commit(gid, b"set after refused")
         cluster.check()
     why = {
         "plaintext": "WRONG_VERSION_NUMBER",
@@ -133,7 +133,7 @@ async def test_mutual_tls_refuses_clients_without_a_valid_certificate(
 async def test_external_client_with_client_certificate(certs: Certs) -> None:
     async with LiveCluster.open(3, with_tls(certs, mutual=True)) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")
+        await cluster.commit(gid, b"set a 1")
         tls = TlsConfig(cert_file=certs.client_cert, key_file=certs.client_key,
                         ca_file=certs.ca)
         node = cluster.nodes[1]

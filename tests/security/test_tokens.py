@@ -100,7 +100,7 @@ async def test_wrong_or_missing_token_is_refused_everywhere(attacker: str) -> No
 
     async with LiveCluster.open(3, with_tokens()) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")  # the cluster's own calls carry the token
+        await cluster.commit(gid, b"set a 1")  # the cluster's own calls carry the token
         target = cluster.nodes[0]
         solo = await cluster.create_group([target])
         assert target.mgr.bind_data_service_request("ping", solo, handler)
@@ -121,7 +121,7 @@ async def test_wrong_or_missing_token_is_refused_everywhere(attacker: str) -> No
             assert status == Status.UNAUTHENTICATED
         assert received(target, solo) == before
         assert handled == []
-        await cluster.write(gid, b"set a 2")
+        await cluster.commit(gid, b"set a 2")
         cluster.check()
 
 
@@ -131,7 +131,7 @@ async def test_token_cluster_serves_everything_to_token_holders() -> None:
 
     async with LiveCluster.open(3, with_tokens()) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")
+        await cluster.commit(gid, b"set a 1")
         for n in cluster.nodes:
             assert n.mgr.bind_data_service_request("rev", gid, handler)
         leader = cluster.leader(gid)
@@ -157,7 +157,7 @@ async def test_async_token_client_and_verifier_with_custom_status() -> None:
 
     async with LiveCluster.open(2, configure) as cluster:
         gid = await cluster.create_group()
-        await cluster.write(gid, b"set a 1")
+        await cluster.commit(gid, b"set a 1")
         assert token.calls > 0 and verifier.seen
         assert all(m.get("x-cluster-token") == "async-token" for m in verifier.seen)
         target = cluster.nodes[1]
