@@ -394,6 +394,8 @@ class RaftGroup:
         self._go_quiet = False
         """A follower accepted its leader's quiesce heartbeat in this turn."""
         self._timers = timers
+        self._hold_until = 0.0
+        """No campaign of this node's own before this time (see :meth:`hold_election`)."""
         self._postponed = 0
         """Election timeouts postponed in a row because this process ran late."""
         self._timer_at = math.inf
@@ -1037,6 +1039,17 @@ class RaftGroup:
             except Exception:
                 self.log.exception("on_quiet hook failed")
 
+    def hold_election(self, seconds: float) -> None:
+        """Do not campaign on this node's own election timer for ``seconds``: another member
+        was designated to campaign first (``Manager.create_group(members=...)``), and with
+        thousands of new groups, members campaigning for groups their peers do not host yet
+        would flood the network with refused pre-votes.  Timers only; an early election for
+        a dead leader's node (``leader_lost``) is not held back."""
+        self._hold_until = trio.current_time() + seconds
+        if self._election_deadline != math.inf:
+            self._election_deadline = max(self._election_deadline, self._hold_until)
+            self._retime()
+
     def _election_expired(self, now: float) -> None:
         """The election timer fired.  If this process's own event loop is running late (by
         more than a heartbeat interval), the leader's heartbeats are probably queued here
@@ -1096,7 +1109,8 @@ class RaftGroup:
         now = trio.current_time()
         if election is not None:
             self._election_deadline = (
-                math.inf if election.stop else now + election.timeout_ms / 1000
+                math.inf if election.stop
+                else max(now + election.timeout_ms / 1000, self._hold_until)
             )
         if heartbeat is not None:
             if heartbeat.stop:

@@ -638,6 +638,8 @@ class Manager:
                                                 for u in uuids))
         group = await self._ensure_group(group_id, group_type, None, bootstrap)
         if uuids[0] != self.server_uuid:
+            # The first member campaigns; give it a head start of a few election timeouts.
+            group.hold_election(5 * group.params.election_timeout_ms[1] / 1000)
             return
         if group.leader_id == "":
             await group.run_command(lambda core: core.election_timeout())

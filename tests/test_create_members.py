@@ -12,7 +12,7 @@ import trio.testing
 from nuraft_mesg.errors import BadRequest
 from nuraft_mesg.raft.types import MsgType
 from nuraft_mesg.testing import SimCluster, check_invariants
-from nuraft_mesg.testing.cluster import GROUP_TYPE
+from nuraft_mesg.testing.cluster import GROUP_TYPE, SIM_PARAMS
 
 
 async def _create_everywhere(c: SimCluster, gid: str, order: list[int],
@@ -83,3 +83,20 @@ async def test_bad_member_lists_are_refused(autojump_clock: trio.testing.MockClo
         for members in ([other], [mgr.server_uuid, mgr.server_uuid], ["not-a-uuid"]):
             with pytest.raises(BadRequest):
                 await mgr.create_group(str(uuid.uuid4()), GROUP_TYPE, members=members)
+
+
+async def test_the_others_give_the_first_member_a_head_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """If the first member never creates the group, the others wait out their hold (five
+    upper election timeouts) and then elect one of themselves."""
+    async with SimCluster.open(3, seed=45) as c:
+        gid = str(uuid.uuid4())
+        members = [n.uuid for n in c.nodes]  # n1 first, and n1 never calls create_group
+        start = trio.current_time()
+        for node in c.nodes[1:]:
+            await node.mgr.create_group(gid, GROUP_TYPE, members=members)
+        assert await c.wait_until(lambda: c.leader(gid) is not None, timeout=30, poll=0.01)
+        hold = 5 * SIM_PARAMS.election_timeout_ms[1] / 1000
+        assert trio.current_time() - start >= hold
+        assert c.leader(gid) in c.nodes[1:]
