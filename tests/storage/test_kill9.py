@@ -145,6 +145,13 @@ class Cluster:
         node.proc = None
         self.kills += 1
 
+    async def bootstrap(self, nodes: list[Node]) -> None:
+        """Start every node; the first creates the group and adds the others."""
+        for i, node in enumerate(nodes):
+            await self.start(node, create=(i == 0))
+        for node in nodes:
+            await self.wait_ready(node)
+
     async def kill_everyone(self, nodes: list[Node], *, down_for: float = 0.0) -> None:
         """kill -9 every node at once, keep them down ``down_for`` seconds (a pause, not a
         wait for anything), restart them and wait until each serves again."""
@@ -208,6 +215,15 @@ def read_back(node: Node, group_id: str) -> Stored:
     return stored
 
 
+def three_nodes(tmp_path: Path) -> list[Node]:
+    ports = _free_ports(3)
+    return [
+        Node(f"node{i + 1}", str(uuid.uuid4()), ports[i], tmp_path / f"node{i + 1}",
+             tmp_path / f"node{i + 1}.log")
+        for i in range(3)
+    ]
+
+
 async def writer(cluster: Cluster, wid: int, peers: dict[str, str], stop: trio.Event) -> None:
     async with RaftClient(peers, cluster.group_id, GROUP_TYPE, rng=random.Random(wid)) as client:
         seq = 0
@@ -225,22 +241,13 @@ async def writer(cluster: Cluster, wid: int, peers: dict[str, str], stop: trio.E
 
 async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) -> None:
     rng = random.Random()
-    ports = _free_ports(3)
-    nodes = [
-        Node(f"node{i + 1}", str(uuid.uuid4()), ports[i], tmp_path / f"node{i + 1}",
-             tmp_path / f"node{i + 1}.log")
-        for i in range(3)
-    ]
+    nodes = three_nodes(tmp_path)
     cluster = Cluster(nodes, str(uuid.uuid4()))
     peers = {n.uuid: n.address for n in nodes}
     stop = trio.Event()
     try:
         with trio.fail_after(100):
-            # Bootstrap: node1 creates the group and adds the others.
-            for i, node in enumerate(nodes):
-                await cluster.start(node, create=(i == 0))
-            for node in nodes:
-                await cluster.wait_ready(node)
+            await cluster.bootstrap(nodes)
             async with trio.open_nursery() as nursery:
                 for wid in range(3):
                     nursery.start_soon(writer, cluster, wid, peers, stop)
@@ -346,22 +353,14 @@ async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
     """Snapshots every 20 entries and 5 entries kept behind them: the logs are compacted, so
     after a kill -9 a node can only rebuild its state machine from the snapshot its store
     persisted.  The leader is killed, then every node at once."""
-    ports = _free_ports(3)
-    nodes = [
-        Node(f"node{i + 1}", str(uuid.uuid4()), ports[i], tmp_path / f"node{i + 1}",
-             tmp_path / f"node{i + 1}.log")
-        for i in range(3)
-    ]
+    nodes = three_nodes(tmp_path)
     cluster = Cluster(nodes, str(uuid.uuid4()),
                       extra_args=["--snapshot-distance", "20", "--reserved-log-items", "5"])
     peers = {n.uuid: n.address for n in nodes}
     stop = trio.Event()
     try:
         with trio.fail_after(100):
-            for i, node in enumerate(nodes):
-                await cluster.start(node, create=(i == 0))
-            for node in nodes:
-                await cluster.wait_ready(node)
+            await cluster.bootstrap(nodes)
             async with trio.open_nursery() as nursery:
                 for wid in range(3):
                     nursery.start_soon(writer, cluster, wid, peers, stop)
