@@ -23,6 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "InMemoryApplication": "nuraft_mesg.app",
     "ExternalClient": "nuraft_mesg.client",
+    "DnsApplication": "nuraft_mesg.discovery",
+    "PeersFileApplication": "nuraft_mesg.discovery",
     "ALL": "nuraft_mesg.data_service",
     "ANY": "nuraft_mesg.data_service",
     "FOLLOWER": "nuraft_mesg.data_service",
@@ -78,6 +80,8 @@ if TYPE_CHECKING:
     from nuraft_mesg.data_service import FOLLOWER as FOLLOWER
     from nuraft_mesg.data_service import LEADER as LEADER
     from nuraft_mesg.data_service import RoleRegex as RoleRegex
+    from nuraft_mesg.discovery import DnsApplication as DnsApplication
+    from nuraft_mesg.discovery import PeersFileApplication as PeersFileApplication
     from nuraft_mesg.errors import BadRequest as BadRequest
     from nuraft_mesg.errors import Cancelled as Cancelled
     from nuraft_mesg.errors import CannotRemoveLeader as CannotRemoveLeader

@@ -16,6 +16,10 @@ Property testing of your state machine over live Raft groups (see docs/testing.m
 * :class:`RaftClusterMachine`: a Hypothesis state machine to subclass with your own
   state machine (and your own rules).
 
+DNS-named peers (:class:`nuraft_mesg.DnsApplication`): :class:`StaticResolver` /
+:func:`install_static_resolver` answer trio's ``getaddrinfo`` from a table, like ``/etc/hosts``
+entries for one ``trio.run``.
+
 ``nuraft_mesg.testing.machine`` imports Hypothesis; it is loaded on first use of
 :class:`RaftClusterMachine` or :class:`SimRunner`, so the rest works without it.
 """
@@ -38,6 +42,7 @@ from nuraft_mesg.testing.cluster import (
     Write,
 )
 from nuraft_mesg.testing.conformance import check_log_store, check_state_manager
+from nuraft_mesg.testing.dns import StaticResolver, install_static_resolver
 from nuraft_mesg.testing.sim import LinkState, SimNetwork, SimTransport
 
 if TYPE_CHECKING:
@@ -60,6 +65,8 @@ __all__ = [
     "LivenessViolation",
     "RaftClusterMachine",
     "SimRunner",
+    "StaticResolver",
+    "install_static_resolver",
 ]
 
 
