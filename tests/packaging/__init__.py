@@ -1,0 +1,1 @@
+"""Tests of the built distribution: the wheel installed into fresh virtualenvs, the docs site."""
