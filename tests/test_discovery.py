@@ -186,6 +186,9 @@ def has_key_v(app: InMemoryApplication, gid: str) -> bool:
 
 
 async def form_group(nodes: Nodes, apps: list[InMemoryApplication], gid: str) -> Manager:
+    """Start ``apps`` on HOSTS, create ``gid`` on the first and add the others; the leader."""
+    for app, host in zip(apps, HOSTS, strict=True):
+        await nodes.start(app, host)
     leader = nodes.managers[apps[0].server_uuid]
     await leader.create_group(gid, GROUP_TYPE)
     for app in apps[1:]:
@@ -205,8 +208,6 @@ async def test_dns_named_peers_form_a_group_across_three_addresses() -> None:
     gid = str(uuid.uuid4())
     with trio.fail_after(30):
         async with nodes_on(port) as nodes:
-            for app, host in zip(apps, HOSTS, strict=True):
-                await nodes.start(app, host)
             leader = await form_group(nodes, apps, gid)
             assert await leader.append_entries(gid, [b"set k v"]) == [b"OK"]
             for app in apps:
@@ -227,8 +228,6 @@ async def test_peers_file_cluster_follows_a_node_that_moved(tmp_path: Path) -> N
     gid = str(uuid.uuid4())
     with trio.fail_after(30):
         async with nodes_on(port) as nodes:
-            for app, host in zip(apps, HOSTS, strict=True):
-                await nodes.start(app, host)
             leader = await form_group(nodes, apps, gid)
             assert await leader.append_entries(gid, [b"set a 1"]) == [b"OK"]
             nodes.stop(ids[2])
