@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from contextlib import AbstractAsyncContextManager
 
+import pytest
 import trio
 
-from nuraft_mesg import RaftError, RaftParams
+from nuraft_mesg import NotLeader, RaftError, RaftParams
+from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.raft.types import ClusterConfig
 from nuraft_mesg.storage.interfaces import StateMachine
 from nuraft_mesg.testing.local import LocalCluster, LocalNode
@@ -68,8 +71,8 @@ async def three_node_group(cluster: LocalCluster) -> tuple[str, LocalNode]:
     return gid, a
 
 
-def open_cluster() -> LocalCluster:
-    return LocalCluster.open(3, group_types={GROUP_TYPE: PARAMS},  # type: ignore[return-value]
+def open_cluster() -> AbstractAsyncContextManager[LocalCluster]:
+    return LocalCluster.open(3, group_types={GROUP_TYPE: PARAMS},
                              default_group_type=GROUP_TYPE, state_machine_factory=Counter)
 
 
@@ -144,15 +147,18 @@ async def test_a_leader_change_during_forwarded_batches_gives_results_or_typed_e
             async with trio.open_nursery() as nursery:
                 for wid in range(6):
                     nursery.start_soon(writer, wid)
+                async def progress(results: int) -> None:
+                    target = len(returned) + results
+                    await cluster.wait_until(lambda: len(returned) >= target)
+
                 for _ in range(3):
                     old = await cluster.wait_leader(gid)
-                    before = len(returned)
-                    await cluster.wait_until(lambda b=before: len(returned) >= b + 100)
+                    await progress(100)
                     target = next(n for n in cluster.nodes if n is not old)
                     await old.mgr.yield_leadership(gid, target.uuid)
-                    await cluster.wait_until(lambda o=old: (cluster.leader_of(gid) or o) is not o)
-                before = len(returned)
-                await cluster.wait_until(lambda: len(returned) >= before + 100)
+                    await cluster.wait_until(
+                        lambda: cluster.leader_of(gid) not in (None, old))  # noqa: B023
+                await progress(100)
                 done.set()
             leader = await cluster.wait_leader(gid)
             commit = leader.mgr.group(gid).statistics().commit_index
@@ -162,3 +168,54 @@ async def test_a_leader_change_during_forwarded_batches_gives_results_or_typed_e
                 assert applied_on(node, gid) == applied
             for pos, data in returned.items():
                 assert applied[pos - 1] == data, (pos, data)
+
+
+async def test_external_client_batches_through_every_node_return_per_entry_results() -> None:
+    """ExternalClient.append_entries through a follower is redirected to the leader; through
+    any node, a batch of 1, 5 or 64 entries returns one result per entry, in order."""
+    names = (b"e%d" % i for i in itertools.count())
+    with trio.fail_after(60):
+        async with open_cluster() as cluster:
+            gid, leader = await three_node_group(cluster)
+            positions: list[int] = []
+            async with ExternalClient(cluster.directory) as client:
+                for size in SIZES:
+                    for node in cluster.nodes:
+                        batch = [next(names) for _ in range(size)]
+                        results = await client.append_entries(gid, batch, dest=node.uuid)
+                        positions += check_results(batch, results)
+                        if size == 1:
+                            assert await client.append_entry(gid, b"one", dest=node.uuid) \
+                                == b"%d:one" % (positions[-1] + 1)
+                            positions.append(positions[-1] + 1)
+            assert positions == list(range(1, len(applied_on(leader, gid)) + 1))
+
+
+async def test_no_leader_is_a_typed_error_with_no_false_leader_hint() -> None:
+    """With the leader and one follower down, a write on the survivor fails with a typed
+    error; once it knows no leader (restarted alone), NotLeader names no leader (-1) -- not
+    the requester -- through the external client as through the node's own
+    append_entries."""
+    with trio.fail_after(60):
+        async with open_cluster() as cluster:
+            gid, leader = await three_node_group(cluster)
+            survivor = cluster.nodes[2]
+            await cluster.kill(cluster.nodes[1])
+            await cluster.kill(leader)
+            try:  # it may still name the dead leader: forwarding there fails
+                await survivor.mgr.append_entries(gid, [b"x"])
+            except RaftError:
+                pass
+            else:
+                raise AssertionError("a write without a quorum succeeded")
+            # (Pre-votes that fail leave the dead leader named; a restart forgets it.)
+            await cluster.kill(survivor)
+            await cluster.restart(survivor)
+            assert survivor.mgr.group(gid).leader_id == ""
+            with pytest.raises(NotLeader) as local:
+                await survivor.mgr.append_entries(gid, [b"y"])
+            assert local.value.leader_id == -1
+            async with ExternalClient(cluster.directory, retry_timeout=0.3) as client:
+                with pytest.raises(NotLeader) as external:
+                    await client.append_entries(gid, [b"z", b"w"], dest=survivor.uuid)
+            assert external.value.leader_id == -1
