@@ -45,6 +45,7 @@ import trio
 from nuraft_mesg.errors import BadRequest, NotLeader, RaftError, ResultCode
 from nuraft_mesg.manager import client_results, to_server_id
 from nuraft_mesg.raft.types import LogEntry, LogType, Message, MsgType, ServerConfig
+from nuraft_mesg.sessions import ClientSession
 from nuraft_mesg.transport.base import TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.grpc import DEFAULT_MAX_MESSAGE_SIZE, GrpcTransport, parse_address
@@ -183,6 +184,37 @@ class ExternalClient:
             raise BadRequest("append_entries needs at least one entry")
         reply = await self._request(group_id, MsgType.CLIENT_REQUEST, batch, dest)
         return client_results(reply, len(batch))
+
+    def session(self, dest: str | Sequence[str] = (), *,
+                retry_timeout: float | None = None) -> ClientSession:
+        """An exactly-once client session (see :mod:`nuraft_mesg.sessions`)::
+
+            async with client.session() as s:
+                result = await s.append_entry(gid, b"set x 1")
+
+        Each write keeps its sequence number across retries -- timeouts, lost connections,
+        leader changes -- for up to ``retry_timeout`` (default: this client's).  Attempts go
+        to ``dest`` (a node uuid or several), by default every node of ``peers`` (when it is
+        a mapping), moving to the next node after a failed attempt; redirects to the leader
+        are followed as usual."""
+        nodes = [dest] if isinstance(dest, str) else list(dest)
+        if not nodes and not callable(self._peers):
+            nodes = sorted(self._peers)
+        if not nodes:
+            raise BadRequest("a session needs the nodes to write through (dest)")
+        turn = 0
+
+        async def send(group_id: str, entries: list[bytes]) -> list[bytes]:
+            nonlocal turn
+            target = nodes[turn % len(nodes)]
+            try:
+                return await self.append_entries(group_id, entries, target)
+            except RaftError:
+                turn += 1  # the next attempt tries the next node
+                raise
+
+        timeout = self.retry_timeout if retry_timeout is None else retry_timeout
+        return ClientSession(send, retry_timeout=timeout)
 
     async def rem_server(self, group_id: str, server: str | int, dest: str) -> None:
         """Remove ``server`` (a uuid or a server id) from the group through ``dest``."""

@@ -58,6 +58,7 @@ from nuraft_mesg.raft.types import (
     MsgType,
     ServerConfig,
 )
+from nuraft_mesg.sessions import ClientSession
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.sqlite import SqliteStore
 from nuraft_mesg.timers import Timers
@@ -828,6 +829,14 @@ class Manager:
         with trio.move_on_after(self.config.client_request_timeout):
             return await self._forward(group, leader, data)
         raise RaftTimeout("forwarded entries not applied in time")
+
+    def session(self, *, retry_timeout: float = 30.0) -> ClientSession:
+        """An exactly-once client session writing through this node's ``append_entries``:
+        ``async with mgr.session() as s: await s.append_entry(gid, data)``; every write is
+        retried with its sequence number until answered (the groups' state machines must be
+        wrapped in :class:`~nuraft_mesg.sessions.SessionStateMachine`; see docs/sessions.md).
+        """
+        return ClientSession(self.append_entries, retry_timeout=retry_timeout)
 
     async def _forward(self, group: RaftGroup, leader: int, data: list[bytes]) -> list[bytes]:
         """Send a client_request to the leader, which answers once the entries are committed
