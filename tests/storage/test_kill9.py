@@ -175,6 +175,13 @@ class Cluster:
         node.proc = None
         assert code == 0, f"{node.name} exited with {code}: {self.tail(node)}"
 
+    async def kill_leftovers(self) -> None:
+        """Kill whatever node is still running (a test's ``finally``)."""
+        for node in self.nodes:
+            if node.proc is not None:
+                node.proc.kill()
+                await node.proc.wait()
+
     @staticmethod
     def tail(node: Node) -> str:
         return node.log_path.read_text(errors="replace")[-3000:]
@@ -281,10 +288,7 @@ async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) ->
             for node in nodes:
                 await cluster.stop(node)
     finally:
-        for node in nodes:
-            if node.proc is not None:
-                node.proc.kill()
-                await node.proc.wait()
+        await cluster.kill_leftovers()
 
     assert cluster.kills == 9 + 3
     stored = {n.name: read_back(n, cluster.group_id) for n in nodes}
@@ -387,10 +391,7 @@ async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
             for node in nodes:
                 await cluster.stop(node)
     finally:
-        for node in nodes:
-            if node.proc is not None:
-                node.proc.kill()
-                await node.proc.wait()
+        await cluster.kill_leftovers()
 
     assert cluster.kills == 1 + 3
     for node in nodes:  # every node restarted at least once from its own snapshot

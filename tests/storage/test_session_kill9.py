@@ -113,10 +113,7 @@ async def test_a_write_retried_after_the_leader_is_killed_is_applied_once(
             for node in nodes:
                 await cluster.stop(node)
     finally:
-        for node in nodes:
-            if node.proc is not None:
-                node.proc.kill()
-                await node.proc.wait()
+        await cluster.kill_leftovers()
 
     for node in nodes:
         assert "restored snapshot" in node.log_path.read_text(errors="replace"), node.name
