@@ -164,6 +164,15 @@ class _Session:
     results: dict[int, bytes] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Snapshot:
+    meta: SnapshotMeta
+    inner_meta: SnapshotMeta | None
+    """The inner machine's part (None while a received snapshot's session objects arrive)."""
+    chunks: list[bytes]
+    """The session objects' contents (the inner index, then the session table)."""
+
+
 class SessionStateMachine(StateMachine):
     """Wraps ``inner`` with exactly-once client sessions (see the module doc).
 
@@ -174,7 +183,7 @@ class SessionStateMachine(StateMachine):
     """
 
     __slots__ = ("inner", "max_results_per_session", "max_sessions", "snapshot_chunk_size",
-                 "sessions", "_last_index", "_snapshot", "_staged", "_staged_done")
+                 "sessions", "_last_index", "_snapshot", "_staged")
 
     def __init__(self, inner: StateMachine, *, max_sessions: int = 4096,
                  max_results_per_session: int = 1024,
@@ -188,10 +197,8 @@ class SessionStateMachine(StateMachine):
         self.sessions: OrderedDict[bytes, _Session] = OrderedDict()
         """Client id -> session, least recently used first."""
         self._last_index = inner.last_commit_index()
-        self._snapshot: tuple[SnapshotMeta, list[bytes]] | None = None
-        self._staged: tuple[SnapshotMeta, list[bytes]] | None = None
-        self._staged_done = False
-        """Whether the staged snapshot's session objects are all in (inner objects follow)."""
+        self._snapshot: _Snapshot | None = None
+        self._staged: _Snapshot | None = None
 
     def __repr__(self) -> str:
         return f"<SessionStateMachine {len(self.sessions)} sessions over {self.inner!r}>"
@@ -257,58 +264,74 @@ class SessionStateMachine(StateMachine):
         return self._last_index
 
     # -- snapshots: the session table's objects, then the inner machine's ---------------------
+    # Session entries that the inner machine never sees (registrations, answered retries)
+    # leave it behind the wrapper's applied index, so the inner snapshot is taken at *its*
+    # last index (with the snapshot's term and config): the inner machine may insist that a
+    # snapshot is of what it applied.  That index leads the session objects.
     @property
     def supports_snapshots(self) -> bool:
         return self.inner.supports_snapshots
 
     def create_snapshot(self, meta: SnapshotMeta) -> None:
-        self.inner.create_snapshot(meta)
-        blob = self._encode_table()
+        inner_meta = self._inner_meta(meta, self.inner.last_commit_index())
+        self.inner.create_snapshot(inner_meta)
+        blob = _EPOCH.pack(inner_meta.last_index) + self._encode_table()
         size = self.snapshot_chunk_size
-        self._snapshot = (meta, [blob[i:i + size] for i in range(0, len(blob), size)] or [b""])
+        self._snapshot = _Snapshot(meta, inner_meta,
+                                   [blob[i:i + size] for i in range(0, len(blob), size)])
+
+    @staticmethod
+    def _inner_meta(meta: SnapshotMeta, inner_index: int) -> SnapshotMeta:
+        if inner_index == meta.last_index:
+            return meta
+        return SnapshotMeta(inner_index, meta.last_term, meta.config)
 
     def last_snapshot(self) -> SnapshotMeta | None:
-        return self.inner.last_snapshot()
+        return self._snapshot.meta if self._snapshot is not None else None
 
     def read_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int) -> tuple[bytes, bool]:
-        if self._snapshot is None or self._snapshot[0] != meta:
+        snap = self._snapshot
+        if snap is None or snap.meta != meta or snap.inner_meta is None:
             raise ValueError(f"snapshot {meta.last_index} is not the latest one")
-        chunks = self._snapshot[1]
+        chunks = snap.chunks
         if 0 <= obj_id < len(chunks):
             more = obj_id + 1 < len(chunks)
             return bytes([more]) + chunks[obj_id], False
-        return self.inner.read_snapshot_chunk(meta, obj_id - len(chunks))
+        return self.inner.read_snapshot_chunk(snap.inner_meta, obj_id - len(chunks))
 
     def save_snapshot_chunk(self, meta: SnapshotMeta, obj_id: int, data: bytes,
                             is_first: bool, is_last: bool) -> None:
         if is_first:
-            self._staged = (meta, [])
-            self._staged_done = False
+            self._staged = _Snapshot(meta, None, [])
         staged = self._staged
-        if staged is None or staged[0] != meta:
+        if staged is None or staged.meta != meta:
             raise ValueError(f"snapshot object {obj_id} of {meta.last_index} out of order")
-        chunks = staged[1]
-        if not self._staged_done:
+        chunks = staged.chunks
+        if staged.inner_meta is None:  # still receiving session objects
             if obj_id != len(chunks) or not data or is_last:
                 raise ValueError(f"session object {obj_id} of snapshot {meta.last_index} "
                                  "is malformed or out of order")
             chunks.append(bytes(data[1:]))
-            self._staged_done = data[0] == 0
+            if data[0] == 0:
+                head = b"".join(chunks)[:_EPOCH.size]
+                if len(head) != _EPOCH.size:
+                    raise ValueError(f"snapshot {meta.last_index} has no session table")
+                (inner_index,) = _EPOCH.unpack(head)
+                staged.inner_meta = self._inner_meta(meta, inner_index)
             return
         inner_id = obj_id - len(chunks)
-        self.inner.save_snapshot_chunk(meta, inner_id, data, inner_id == 0, is_last)
+        self.inner.save_snapshot_chunk(staged.inner_meta, inner_id, data, inner_id == 0, is_last)
 
     def apply_snapshot(self, meta: SnapshotMeta) -> None:
         staged = self._staged
-        if staged is None or staged[0] != meta or not self._staged_done:
+        if staged is None or staged.meta != meta or staged.inner_meta is None:
             raise ValueError(f"snapshot {meta.last_index} is not completely staged")
-        sessions = self._decode_table(b"".join(staged[1]))
-        self.inner.apply_snapshot(meta)
+        sessions = self._decode_table(b"".join(staged.chunks)[_EPOCH.size:])
+        self.inner.apply_snapshot(staged.inner_meta)
         self.sessions = sessions
         self._last_index = meta.last_index
-        self._snapshot = (meta, staged[1])
+        self._snapshot = staged
         self._staged = None
-        self._staged_done = False
 
     def _encode_table(self) -> bytes:
         parts = [_COUNT.pack(len(self.sessions))]

@@ -226,6 +226,29 @@ def test_replicas_agree_and_never_apply_a_seq_twice(ops: list[tuple[bytes, Kind,
     if second is not None:
         assert second.sm.sessions == first.sm.sessions
         assert list(second.sm.sessions) == list(first.sm.sessions)
+        assert second.kv.applied == first.kv.applied
+        assert second.sm.last_commit_index() == first.sm.last_commit_index()
+
+
+def test_a_snapshot_at_an_entry_the_inner_machine_never_saw() -> None:
+    """Registrations and answered retries do not reach the inner machine, which may insist
+    on snapshots of what it applied: its part is taken at its own last index."""
+    r = Replica()
+    epoch = r.register(A)
+    r.write(A, epoch, 1, b"set k 1")
+    r.write(A, epoch, 1, b"set k 1")  # a retry: the last index, unseen by the KV
+    meta = SnapshotMeta(r.index, 2, ClusterConfig())
+    r.sm.create_snapshot(meta)
+    assert r.sm.last_snapshot() == meta
+    assert r.kv.last_snapshot() == SnapshotMeta(2, 2, ClusterConfig())
+    restored = Replica()
+    snapshot_transfer(r.sm, restored.sm, meta)
+    assert restored.sm.last_commit_index() == 3 and restored.kv.last_commit_index() == 2
+    assert restored.sm.last_snapshot() == meta
+    assert restored.kv.data == {"k": "1"}
+    restored.index = r.index
+    assert restored.write(A, epoch, 1, b"set k 1") == (Status.OK, b"OK")
+    assert restored.applied() == [b"set k 1"]
 
 
 # -- the client's retries --------------------------------------------------------------------
