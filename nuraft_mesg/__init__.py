@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigChanging": "nuraft_mesg.errors",
     "Failed": "nuraft_mesg.errors",
     "StorageError": "nuraft_mesg.errors",
+    "SessionExpired": "nuraft_mesg.errors",
     "NotLeader": "nuraft_mesg.errors",
     "RaftError": "nuraft_mesg.errors",
     "RaftTimeout": "nuraft_mesg.errors",
@@ -61,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "StateMachine": "nuraft_mesg.storage.interfaces",
     "StateManager": "nuraft_mesg.storage.interfaces",
     "KVStateMachine": "nuraft_mesg.storage.memory",
+    "ClientSession": "nuraft_mesg.sessions",
+    "SessionStateMachine": "nuraft_mesg.sessions",
     "MemoryLogStore": "nuraft_mesg.storage.memory",
     "MemoryStateManager": "nuraft_mesg.storage.memory",
     "StaticTokenClient": "nuraft_mesg.transport.security",
@@ -95,6 +98,7 @@ if TYPE_CHECKING:
     from nuraft_mesg.errors import ServerIsJoining as ServerIsJoining
     from nuraft_mesg.errors import ServerIsLeaving as ServerIsLeaving
     from nuraft_mesg.errors import ServerNotFound as ServerNotFound
+    from nuraft_mesg.errors import SessionExpired as SessionExpired
     from nuraft_mesg.errors import StorageError as StorageError
     from nuraft_mesg.errors import TermMismatch as TermMismatch
     from nuraft_mesg.group import GroupStatistics as GroupStatistics
@@ -109,6 +113,8 @@ if TYPE_CHECKING:
     from nuraft_mesg.raft.types import ClusterConfig as ClusterConfig
     from nuraft_mesg.raft.types import ServerConfig as ServerConfig
     from nuraft_mesg.raft.types import SnapshotMeta as SnapshotMeta
+    from nuraft_mesg.sessions import ClientSession as ClientSession
+    from nuraft_mesg.sessions import SessionStateMachine as SessionStateMachine
     from nuraft_mesg.storage.interfaces import LogStore as LogStore
     from nuraft_mesg.storage.interfaces import StateMachine as StateMachine
     from nuraft_mesg.storage.interfaces import StateManager as StateManager

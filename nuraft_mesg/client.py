@@ -6,13 +6,15 @@ nuraft_mesg's ``grpc_factory::add_server / append_entry / rem_server`` (inventor
     async with ExternalClient(peers) as client:
         await client.add_server(gid, uuid2, dest=uuid0)     # any member; redirects followed
         result = await client.append_entry(gid, b"hello", dest=uuid1)
+        results = await client.append_entries(gid, [b"a", b"b"], dest=uuid1)  # one per entry
         await client.rem_server(gid, uuid2, dest=uuid0)
 
 Each operation is one NuRaft request (add_server_request, client_request,
 remove_server_request) sent over RaftStep to ``dest``:
 
-* accepted: done.  ``append_entry`` returns the state machine's result for the entry: the
-  node answers once it is committed *and applied* on the leader.  ``add_server`` returns once
+* accepted: done.  ``append_entry`` returns the state machine's result for the entry
+  (``append_entries`` one result per entry, in order): the node answers once they are
+  committed *and applied* on the leader.  ``add_server`` returns once
   the leader has started the join (as NuRaft): the new member is in the configuration a
   little later, and a following membership change meanwhile gets SERVER_IS_JOINING /
   CONFIG_CHANGING, which this client retries;
@@ -34,15 +36,16 @@ Peers are resolved through ``peers`` (a mapping uuid -> "host:port", or a callab
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Final
 
 import trio
 
-from nuraft_mesg.errors import NotLeader, RaftError, ResultCode
-from nuraft_mesg.manager import to_server_id
+from nuraft_mesg.errors import BadRequest, NotLeader, RaftError, ResultCode
+from nuraft_mesg.manager import client_results, to_server_id
 from nuraft_mesg.raft.types import LogEntry, LogType, Message, MsgType, ServerConfig
+from nuraft_mesg.sessions import ClientSession
 from nuraft_mesg.transport.base import TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.grpc import DEFAULT_MAX_MESSAGE_SIZE, GrpcTransport, parse_address
@@ -165,30 +168,69 @@ class ExternalClient:
         srv = ServerConfig(to_server_id(server_uuid), str(uuidlib.UUID(server_uuid)),
                            priority=priority, learner=learner)
         entry = LogEntry(0, LogType.CLUSTER, srv.encode())
-        await self._request(group_id, MsgType.ADD_SERVER_REQUEST, entry, dest)
+        await self._request(group_id, MsgType.ADD_SERVER_REQUEST, (entry,), dest)
 
     async def append_entry(self, group_id: str, data: bytes, dest: str) -> bytes:
         """Replicate ``data`` through ``dest``; returns the state machine's result."""
-        reply = await self._request(
-            group_id, MsgType.CLIENT_REQUEST, LogEntry(0, LogType.APP, bytes(data)), dest
-        )
-        return reply.context
+        (result,) = await self.append_entries(group_id, [data], dest)
+        return result
+
+    async def append_entries(self, group_id: str, entries: Sequence[bytes], dest: str
+                             ) -> list[bytes]:
+        """Replicate ``entries`` (one proposal) through ``dest``; returns the leader state
+        machine's result for each entry, in order."""
+        batch = tuple(LogEntry(0, LogType.APP, bytes(d)) for d in entries)
+        if not batch:
+            raise BadRequest("append_entries needs at least one entry")
+        reply = await self._request(group_id, MsgType.CLIENT_REQUEST, batch, dest)
+        return client_results(reply, len(batch))
+
+    def session(self, dest: str | Sequence[str] = (), *,
+                retry_timeout: float | None = None) -> ClientSession:
+        """An exactly-once client session (see :mod:`nuraft_mesg.sessions`)::
+
+            async with client.session() as s:
+                result = await s.append_entry(gid, b"set x 1")
+
+        Each write keeps its sequence number across retries -- timeouts, lost connections,
+        leader changes -- for up to ``retry_timeout`` (default: this client's).  Attempts go
+        to ``dest`` (a node uuid or several), by default every node of ``peers`` (when it is
+        a mapping), moving to the next node after a failed attempt; redirects to the leader
+        are followed as usual."""
+        nodes = [dest] if isinstance(dest, str) else list(dest)
+        if not nodes and not callable(self._peers):
+            nodes = sorted(self._peers)
+        if not nodes:
+            raise BadRequest("a session needs the nodes to write through (dest)")
+        turn = 0
+
+        async def send(group_id: str, entries: list[bytes]) -> list[bytes]:
+            nonlocal turn
+            target = nodes[turn % len(nodes)]
+            try:
+                return await self.append_entries(group_id, entries, target)
+            except RaftError:
+                turn += 1  # the next attempt tries the next node
+                raise
+
+        timeout = self.retry_timeout if retry_timeout is None else retry_timeout
+        return ClientSession(send, retry_timeout=timeout)
 
     async def rem_server(self, group_id: str, server: str | int, dest: str) -> None:
         """Remove ``server`` (a uuid or a server id) from the group through ``dest``."""
         sid = server if isinstance(server, int) else to_server_id(server)
         entry = LogEntry(0, LogType.CLUSTER, sid.to_bytes(4, "little", signed=True))
-        await self._request(group_id, MsgType.REMOVE_SERVER_REQUEST, entry, dest)
+        await self._request(group_id, MsgType.REMOVE_SERVER_REQUEST, (entry,), dest)
 
-    async def _request(self, group_id: str, mtype: MsgType, entry: LogEntry, dest: str
-                       ) -> Message:
+    async def _request(self, group_id: str, mtype: MsgType, entries: tuple[LogEntry, ...],
+                       dest: str) -> Message:
         origin = await self.resolve(dest)
         deadline = trio.current_time() + self.retry_timeout
         backoff = _BACKOFF_START
         while True:
             target = origin
             for _ in range(MAX_REDIRECTS + 1):
-                reply = await self._send(group_id, mtype, entry, target)
+                reply = await self._send(group_id, mtype, entries, target)
                 resp = reply.message
                 if resp.accepted:
                     return resp
@@ -209,9 +251,9 @@ class ExternalClient:
             await trio.sleep(backoff)  # a back-off, not synchronisation
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def _send(self, group_id: str, mtype: MsgType, entry: LogEntry, target: str
-                    ) -> GroupEnvelope:
-        msg = Message(mtype, 0, 0, to_server_id(target), entries=(entry,))
+    async def _send(self, group_id: str, mtype: MsgType, entries: tuple[LogEntry, ...],
+                    target: str) -> GroupEnvelope:
+        msg = Message(mtype, 0, 0, to_server_id(target), entries=entries)
         env = GroupEnvelope(group_id, "", target, msg)
         try:
             reply = await self.transport.call(target, env, timeout=self.request_timeout)

@@ -141,6 +141,12 @@ class StorageError(Failed):
     on this node (see :mod:`nuraft_mesg.storage.interfaces`)."""
 
 
+class SessionExpired(RaftError):
+    """The cluster no longer knows this client session (evicted by the session limit, or
+    closed), so it cannot tell whether a retried write was applied: the write is refused,
+    never applied a second time.  Open a new session (see :mod:`nuraft_mesg.sessions`)."""
+
+
 _BY_CODE: dict[ResultCode, type[RaftError]] = {
     cls.code: cls
     for cls in (

@@ -555,14 +555,14 @@ class RaftGroup:
             raise Cancelled(f"group {self.group_id} is stopped") from None
         return item
 
-    def watch_apply(self, prop: Proposal, *, known_results: Sequence[bytes] = (),
+    def watch_apply(self, prop: Proposal, *,
                     slot: Slot[list[bytes]] | None = None) -> Slot[list[bytes]]:
         """A slot that completes when ``prop``'s entries are applied here (with their
         results), or fails with TermMismatch if another leader's entries replaced them.
 
-        If they were applied before the watch began (a forwarded write that this follower
-        applied before the leader's answer arrived), the results are ``known_results``
-        right-aligned (the leader reports the last one), the others empty.
+        Entries applied before the watch began have no results left to report: the slot
+        fails (with TermMismatch if they were replaced, else Failed), never with empty
+        placeholders.
         """
         w = _ApplyWaiter(prop.term, prop.first_index, prop.last_index,
                          slot=slot if slot is not None else Slot())
@@ -570,19 +570,13 @@ class RaftGroup:
             w.slot.fail(Failed(f"group stopped: {self.failed!r}") if self.failed is not None
                         else Cancelled("group stopped"))
             return w.slot
-        if self.applied_index >= prop.last_index:
+        if self.applied_index >= prop.first_index:
             term = self.core.log.term_at(prop.last_index)
-            if term is None and self.core.log.boundary_term != prop.term:
-                # Compacted into a snapshot whose last term differs: we cannot tell.
-                w.slot.fail(Cancelled("entries were compacted; their outcome is unknown here"))
-            elif term in (None, prop.term):
-                # (A compacted entry is ours if the snapshot ends in our term, see
-                # _settle_snapshotted_waiters.)
-                count = prop.last_index - prop.first_index + 1
-                known = list(known_results)[-count:]
-                w.slot.set([b""] * (count - len(known)) + known)
-            else:
+            if term is not None and term != prop.term:
                 w.slot.fail(TermMismatch("entries were replaced by another leader"))
+            else:
+                w.slot.fail(Failed(f"entries {prop.first_index}..{prop.last_index} were "
+                                   "applied before their results were watched"))
             return w.slot
         for index in range(prop.first_index, prop.last_index + 1):
             self._apply_waiters[index] = w

@@ -40,6 +40,7 @@ from nuraft_mesg.data_service import DataService, DataServiceHandler, Destinatio
 from nuraft_mesg.errors import (
     BadRequest,
     Cancelled,
+    Failed,
     NotLeader,
     RaftError,
     RaftTimeout,
@@ -57,6 +58,7 @@ from nuraft_mesg.raft.types import (
     MsgType,
     ServerConfig,
 )
+from nuraft_mesg.sessions import ClientSession
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.sqlite import SqliteStore
 from nuraft_mesg.timers import Timers
@@ -85,6 +87,8 @@ __all__ = [
 ]
 
 
+_MAX_FORWARD_HOPS = 4
+"""Leaders tried by one forwarded write (a refusal may name a newer leader)."""
 _GENERAL_PATH = frozenset({MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST})
 """Requests that :meth:`Manager.step_nowait` leaves to :meth:`Manager.raft_step`."""
 
@@ -312,6 +316,21 @@ class GroupContext:
         """Like the unidirectional call (but ALL is BadRequest); returns the handler's
         response bytes."""
         return await self._data_service().bidirectional(self._group, dest, name, payload)
+
+
+def client_results(resp: Message, count: int) -> list[bytes]:
+    """The per-entry results of an accepted client_request of ``count`` entries.
+
+    Raises:
+        Failed: the answer does not hold one result per entry (only a one-entry request
+            may rely on NuRaft's ``context``, which is the last result: a C++ leader).
+    """
+    if len(resp.results) == count:
+        return list(resp.results)
+    if count == 1 and not resp.results:
+        return [resp.context]
+    raise Failed(f"the leader applied {count} entries but returned {len(resp.results)} "
+                 "results")
 
 
 class Manager:
@@ -808,38 +827,54 @@ class Manager:
                 raise
             leader = exc.leader_id
         with trio.move_on_after(self.config.client_request_timeout):
-            prop, leader_result = await self._forward(group, leader, data)
-            return await group.watch_apply(prop, known_results=[leader_result]).wait()
+            return await self._forward(group, leader, data)
         raise RaftTimeout("forwarded entries not applied in time")
 
-    async def _forward(
-        self, group: RaftGroup, leader: int, data: list[bytes]
-    ) -> tuple[Proposal, bytes]:
-        """Send a client_request to the leader; it answers once the entries are committed
-        and applied there (with the last entry's result in ``context``)."""
-        leader_uuid = group.endpoint_of(leader)
-        if not leader_uuid:
-            raise NotLeader(leader)
-        msg = Message(
-            MsgType.CLIENT_REQUEST,
-            0,
-            self.server_id,
-            leader,
-            entries=tuple(LogEntry(0, LogType.APP, d) for d in data),
-        )
-        env = GroupEnvelope(group.group_id, group.group_type, leader_uuid, msg)
-        try:
-            reply = await self.transport.call(
-                leader_uuid, env, timeout=self.config.client_request_timeout
-            )
-        except TransportError as exc:
-            raise RaftError.for_code(exc.code, f"forwarding to the leader failed: {exc}") from None
-        resp = reply.message
-        if not resp.accepted:
+    def session(self, *, retry_timeout: float = 30.0) -> ClientSession:
+        """An exactly-once client session writing through this node's ``append_entries``:
+        ``async with mgr.session() as s: await s.append_entry(gid, data)``; every write is
+        retried with its sequence number until answered (the groups' state machines must be
+        wrapped in :class:`~nuraft_mesg.sessions.SessionStateMachine`; see docs/sessions.md).
+        """
+        return ClientSession(self.append_entries, retry_timeout=retry_timeout)
+
+    async def _forward(self, group: RaftGroup, leader: int, data: list[bytes]) -> list[bytes]:
+        """Send a client_request to the leader, which answers once the entries are committed
+        and applied there, with their results; return those once the entries are applied
+        here too (a write forwarded through this node is visible in its state machine).
+
+        A refusal naming another leader is followed (nothing was appended: resending is
+        safe) up to :data:`_MAX_FORWARD_HOPS` times; any other refusal, or an answer without
+        one result per entry, raises its typed error."""
+        for _ in range(_MAX_FORWARD_HOPS):
+            leader_uuid = group.endpoint_of(leader)
+            if not leader_uuid or leader == self.server_id:
+                raise NotLeader(NO_LEADER, "no leader to forward to")
+            msg = Message(MsgType.CLIENT_REQUEST, 0, self.server_id, leader,
+                          entries=tuple(LogEntry(0, LogType.APP, d) for d in data))
+            env = GroupEnvelope(group.group_id, group.group_type, leader_uuid, msg)
+            try:
+                reply = await self.transport.call(
+                    leader_uuid, env, timeout=self.config.client_request_timeout
+                )
+            except TransportError as exc:
+                raise RaftError.for_code(exc.code,
+                                         f"forwarding to the leader failed: {exc}") from None
+            resp = reply.message
+            if resp.accepted:
+                break
+            if resp.result_code == ResultCode.NOT_LEADER and resp.dest not in (
+                    NO_LEADER, leader, self.server_id):
+                leader = resp.dest  # the leader moved on: nothing was appended
+                continue
             raise RaftError.for_code(resp.result_code, "the leader refused the request",
                                      leader_id=resp.dest)
+        else:
+            raise NotLeader(NO_LEADER, "leadership kept moving while forwarding")
+        results = client_results(resp, len(data))
         last = resp.next_index - 1
-        return Proposal(resp.term, last - len(data) + 1, last), resp.context
+        await group.wait_for(lambda: group.applied_index >= last)
+        return results
 
     # ==========================================================================================
     # Data service and status (nuraft_mesg/data_service.py, nuraft_mesg/admin.py)
@@ -912,7 +947,8 @@ class Manager:
             else:
                 reply = Message(reply.type, reply.term, reply.src, reply.dest,
                                 next_index=reply.next_index, accepted=True,
-                                context=results[-1] if results else b"")
+                                context=results[-1] if results else b"",
+                                results=tuple(results))
             return self._envelope(group, reply)
         reply = Message(reply.type, reply.term, reply.src, reply.dest,
                         result_code=ResultCode.TIMEOUT)

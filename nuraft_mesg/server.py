@@ -11,7 +11,8 @@ Groups are joined the usual ways: a leader elsewhere adds this node (``add_membe
 ``--create-group G`` creates ``G`` here (unless it is already stored) and adds every ``--peer``
 to it.  Writes come from members (``append_entries``) or from external clients sending
 ``CLIENT_REQUEST`` over RaftStep (:class:`nuraft_mesg.testing.client.RaftClient`); the state
-machine is the in-memory :class:`~nuraft_mesg.storage.memory.KVStateMachine`, rebuilt on every
+machine is the in-memory :class:`~nuraft_mesg.storage.memory.KVStateMachine` (with
+``--sessions`` wrapped in :class:`~nuraft_mesg.sessions.SessionStateMachine`), rebuilt on every
 start from the durable log -- and, with ``--snapshot-distance N``, from the latest snapshot the
 store persisted, the log being compacted behind it (``--reserved-log-items`` entries kept).
 
@@ -47,6 +48,9 @@ from nuraft_mesg.demo import run_until_interrupted
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.manager import Manager, ManagerConfig
 from nuraft_mesg.raft.params import RaftParams
+from nuraft_mesg.sessions import SessionStateMachine
+from nuraft_mesg.storage.interfaces import StateMachine
+from nuraft_mesg.storage.memory import KVStateMachine
 
 log = logging.getLogger("nuraft_mesg.server")
 
@@ -82,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                              "snapshot (0: never)")
     parser.add_argument("--reserved-log-items", type=int, default=RaftParams().reserved_log_items,
                         metavar="N", help="entries kept in the log behind a snapshot")
+    parser.add_argument("--sessions", action="store_true",
+                        help="wrap the state machine in SessionStateMachine (exactly-once "
+                             "client sessions, docs/sessions.md)")
     parser.add_argument("--ready-file", type=Path)
     add_security_arguments(parser, serving=True)
     return parser
@@ -109,6 +116,10 @@ async def _bootstrap(mgr: Manager, group_id: str, group_type: str, peers: list[s
     log.info("group %s has %d members", group_id, len(peers) + 1)
 
 
+def _with_sessions() -> StateMachine:
+    return SessionStateMachine(KVStateMachine())
+
+
 def _describe(security: Security) -> str:
     tls = security.tls
     parts = ["plain TCP" if tls is None else "mutual TLS" if tls.mutual else "TLS"]
@@ -120,7 +131,9 @@ def _describe(security: Security) -> str:
 async def serve(args: argparse.Namespace, security: Security | None = None) -> None:
     security = security or Security(None, None, None)
     directory = dict(args.peer)
-    app = InMemoryApplication(args.uuid, directory)
+    app = InMemoryApplication(args.uuid, directory,
+                              state_machine_factory=_with_sessions if args.sessions
+                              else KVStateMachine)
     tls = security.tls
     config = ManagerConfig(server_uuid=args.uuid, host=args.host, port=args.port,
                            data_dir=str(args.data_dir), default_group_type=args.group_type,

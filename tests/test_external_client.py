@@ -156,7 +156,7 @@ async def test_add_server_with_an_id_that_is_not_its_uuids_is_refused() -> None:
             async with ExternalClient(cluster.directory) as client:
                 forged = ServerConfig(to_server_id(app1.uuid), app2.uuid)  # app1's id
                 entry = LogEntry(0, LogType.CLUSTER, forged.encode())
-                reply = await client._send(gid, MsgType.ADD_SERVER_REQUEST, entry, app1.uuid)
+                reply = await client._send(gid, MsgType.ADD_SERVER_REQUEST, (entry,), app1.uuid)
                 assert not reply.message.accepted
                 assert reply.message.result_code == ResultCode.BAD_REQUEST
                 assert app1.mgr.group(gid).statistics().last_log_index == 1

@@ -137,6 +137,7 @@ def test_enums_match_nuraft_mesg() -> None:
                 "dest_addr": (4, F.TYPE_STRING),
                 "result_code": (5, F.TYPE_ENUM),
                 "batch_size_hint": (6, F.TYPE_UINT64),
+                "results": (7, F.TYPE_BYTES),  # extension: per-entry client_request results
             },
         ),
         (

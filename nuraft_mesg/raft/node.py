@@ -1156,7 +1156,9 @@ class RaftNode:
 
     def _handle_client_side_request(self, m: Message) -> None:
         """client_request / add_server / remove_server, from a member forwarding or from an
-        external client.  Answered NuRaft's way: a refusal names the leader in ``dest``."""
+        external client.  Answered NuRaft's way: a refusal names the leader in ``dest``
+        (-1 when none is known, never the requester: a forwarding member would take itself
+        for the leader)."""
         try:
             if m.type == MsgType.CLIENT_REQUEST:
                 if not m.entries or any(e.type != LogType.APP for e in m.entries):
@@ -1175,8 +1177,7 @@ class RaftNode:
                 self.remove_server(int.from_bytes(buf, "little", signed=True))
             self._reply(m, accepted=True)
         except NotLeader as exc:
-            self._reply(m, accepted=False, code=ResultCode.NOT_LEADER,
-                        dest=exc.leader_id if exc.leader_id != NO_LEADER else m.src)
+            self._reply(m, accepted=False, code=ResultCode.NOT_LEADER, dest=exc.leader_id)
         except RaftError as exc:
             self._reply(m, accepted=False, code=exc.code)
 

@@ -136,8 +136,10 @@ class Message:
     """A NuRaft message: ``RCMsgBase`` plus the fields of ``RCRequest`` or ``RCResponse``.
 
     Requests use ``last_log_term``, ``last_log_index``, ``commit_index`` and ``entries``;
-    responses use ``next_index``, ``accepted``, ``context``, ``result_code`` and
-    ``batch_size_hint``.  ``msg_type.is_request`` says which half is meaningful.
+    responses use ``next_index``, ``accepted``, ``context``, ``result_code``,
+    ``batch_size_hint`` and ``results``.  ``msg_type.is_request`` says which half is
+    meaningful.  ``results`` (an extension) are an applied client_request's per-entry state
+    machine results; NuRaft's ``context`` carries only the last one.
     """
 
     type: MsgType
@@ -153,6 +155,7 @@ class Message:
     context: bytes = b""
     result_code: ResultCode = ResultCode.OK
     batch_size_hint: int = 0
+    results: tuple[bytes, ...] = ()
 
     @property
     def is_request(self) -> bool:

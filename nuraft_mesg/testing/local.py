@@ -23,8 +23,8 @@ from nuraft_mesg.app import InMemoryApplication
 from nuraft_mesg.manager import Manager, ManagerConfig
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.types import ClusterConfig, ServerConfig
-from nuraft_mesg.storage.interfaces import StateManager
-from nuraft_mesg.storage.memory import MemoryStateManager
+from nuraft_mesg.storage.interfaces import StateMachine, StateManager
+from nuraft_mesg.storage.memory import KVStateMachine, MemoryStateManager
 from nuraft_mesg.transport.base import Transport
 
 __all__ = ["LocalCluster", "LocalNode"]
@@ -36,8 +36,9 @@ class _PriorityApplication(InMemoryApplication):
     """An InMemoryApplication whose state managers start with a given own priority (as
     nuraft_mesg's test state manager starts with priority 100)."""
 
-    def __init__(self, server_uuid: str, directory: dict[str, str], priority: int) -> None:
-        super().__init__(server_uuid, directory)
+    def __init__(self, server_uuid: str, directory: dict[str, str], priority: int,
+                 state_machine_factory: Callable[[], StateMachine] = KVStateMachine) -> None:
+        super().__init__(server_uuid, directory, state_machine_factory=state_machine_factory)
         self.priority = priority
 
     def create_state_mgr(self, server_id: int, group_id: str) -> StateManager:
@@ -88,12 +89,15 @@ class LocalCluster:
         configure: Callable[[ManagerConfig], ManagerConfig] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         transport_wrapper: Callable[[str, Transport], Transport] | None = None,
+        state_machine_factory: Callable[[], StateMachine] = KVStateMachine,
     ) -> None:
         """``transport_wrapper(node_uuid, transport)``, when given, wraps each node's
         GrpcTransport (at every start), e.g. ``NetworkFaults().wrap`` from
-        :mod:`nuraft_mesg.testing.faults` to partition real nodes."""
+        :mod:`nuraft_mesg.testing.faults` to partition real nodes.  Every group's state
+        machine comes from ``state_machine_factory``."""
         self._nursery = nursery
         self._transport_wrapper = transport_wrapper
+        self._state_machine_factory = state_machine_factory
         self.directory: dict[str, str] = {}
         self.nodes: list[LocalNode] = []
         self.group_types = group_types or {default_group_type: FAST_PARAMS}
@@ -122,7 +126,8 @@ class LocalCluster:
     async def add_node(self, *, priority: int = 100, node_uuid: str | None = None) -> LocalNode:
         u = node_uuid or str(uuidlib.uuid4())
         node = LocalNode(f"node{len(self.nodes) + 1}", u,
-                         _PriorityApplication(u, self.directory, priority))
+                         _PriorityApplication(u, self.directory, priority,
+                                              self._state_machine_factory))
         self.nodes.append(node)
         await self.start(node)
         return node

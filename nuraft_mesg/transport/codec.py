@@ -11,7 +11,9 @@ Wire rules (inventory §2.1/§2.2):
 * ``result_code`` travels negated (``ResultCode.wire``); an unknown wire value decodes as
   ``FAILED``;
 * ``batch_size_hint`` is NuRaft's signed int64 carried in a uint64 (two's complement);
-* ``context`` is sent only when non-empty; ``dest_addr`` exists only on responses.
+* ``context`` is sent only when non-empty; ``dest_addr`` exists only on responses;
+* ``results`` (field 7, an extension C++ nodes ignore) carries an applied client_request's
+  per-entry results.
 
 Everything decoded from the network is validated: malformed input raises
 :class:`~nuraft_mesg.errors.BadRequest` and nothing else.  Encoding a message whose fields do
@@ -116,6 +118,8 @@ def _fill(pb: RaftMessage, msg: Message, dest_addr: str) -> None:
                 resp.dest_addr = dest_addr
             resp.result_code = msg.result_code.wire  # type: ignore[assignment]
             resp.batch_size_hint = hint & _U64_MASK
+            if msg.results:
+                resp.results.extend(msg.results)
     except (ValueError, TypeError) as exc:
         # protobuf's own range/type checks: negative unsigned values, ids outside int32, ...
         raise BadRequest(f"cannot encode {mtype.name}: {exc}") from None
@@ -233,6 +237,7 @@ def message_from_proto(pb: RaftMessage) -> tuple[Message, str]:
         context=resp.context,
         result_code=ResultCode.from_wire(resp.result_code),
         batch_size_hint=hint,
+        results=tuple(resp.results),
     )
     return msg, resp.dest_addr
 

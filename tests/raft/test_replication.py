@@ -538,6 +538,15 @@ def test_client_request_to_a_follower_is_refused_naming_the_leader_in_dest() -> 
     assert n.log.last_index == 0
 
 
+def test_client_request_without_a_known_leader_names_no_leader_in_dest() -> None:
+    """NuRaft puts its ``leader_`` (-1 when unknown) in the refusal's ``dest``; naming the
+    requester instead would tell a forwarding member that it leads itself."""
+    n = node(2, term=1)
+    n.step(_client_request(2, b"x", src=3))
+    (resp,) = of_type(drain(n).messages, AE_RESP)
+    assert (resp.accepted, resp.result_code, resp.dest) == (False, ResultCode.NOT_LEADER, -1)
+
+
 def test_client_request_to_the_leader_is_appended_and_answered_with_next_index() -> None:
     """NuRaft: the leader appends the request's entries in its own term and accepts, with
     next_index = its last index + 1 (so the client can wait for that index)."""

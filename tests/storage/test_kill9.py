@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import trio
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.raft.types import ClusterConfig, LogType, SnapshotMeta
+from nuraft_mesg.storage.interfaces import StateMachine
 from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.storage.sqlite import SqliteStore
 from nuraft_mesg.testing.client import RaftClient
@@ -83,6 +85,8 @@ class Cluster:
     kills: int = 0
     extra_args: list[str] = field(default_factory=list)
     """More ``nuraft-mesg server`` arguments for every node."""
+    script: Path = SLOW_DISK_NODE
+    """The node program (the ``nuraft-mesg`` command, patched for the test)."""
     _acked_event: trio.Event = field(default_factory=trio.Event)
 
     def ack(self, wid: int, payload: bytes, leader: str) -> None:
@@ -107,7 +111,7 @@ class Cluster:
         )
 
     def command(self, node: Node, *, create: bool) -> list[str]:
-        cmd = [sys.executable, str(SLOW_DISK_NODE), "-v", "server", "--uuid", node.uuid,
+        cmd = [sys.executable, str(self.script), "-v", "server", "--uuid", node.uuid,
                "--port", str(node.port), "--data-dir", str(node.data_dir),
                "--group-type", GROUP_TYPE, "--ready-file", str(node.ready_file)]
         for other in self.nodes:
@@ -171,6 +175,13 @@ class Cluster:
         node.proc = None
         assert code == 0, f"{node.name} exited with {code}: {self.tail(node)}"
 
+    async def kill_leftovers(self) -> None:
+        """Kill whatever node is still running (a test's ``finally``)."""
+        for node in self.nodes:
+            if node.proc is not None:
+                node.proc.kill()
+                await node.proc.wait()
+
     @staticmethod
     def tail(node: Node) -> str:
         return node.log_path.read_text(errors="replace")[-3000:]
@@ -186,15 +197,18 @@ class Stored:
     snapshot: SnapshotMeta | None
 
 
-def read_back(node: Node, group_id: str) -> Stored:
+def read_back(node: Node, group_id: str,
+              wrap: Callable[[KVStateMachine], StateMachine] | None = None) -> Stored:
     """Restart ``node``'s state machine from its database, as the node itself would: the
-    stored snapshot restored into a fresh KVStateMachine (by the store), then the committed
-    log after it applied."""
+    stored snapshot restored into a fresh KVStateMachine (by the store; through ``wrap(kv)``
+    when the nodes wrap theirs), then the committed log after it applied.  The history is
+    what reached the KVStateMachine."""
     store = SqliteStore(node.data_dir)
     try:
         (rec,) = [r for r in store.groups() if r.group_id == group_id]
         assert rec.corrupt is None
-        sm = KVStateMachine()
+        kv = KVStateMachine()
+        sm = wrap(kv) if wrap is not None else kv
         smgr = store.state_manager(group_id, server_id=rec.server_id, state_machine=sm)
         state = smgr.read_state()
         assert state is not None
@@ -208,7 +222,7 @@ def read_back(node: Node, group_id: str) -> Stored:
                     sm.commit(index, entry.buffer)
                 elif entry.type == LogType.CONFIG:
                     sm.commit_config(index, ClusterConfig.decode(entry.buffer))
-        stored = Stored([d for _, d in sm.applied], log.start_index(),
+        stored = Stored([d for _, d in kv.applied], log.start_index(),
                         store.stored_snapshot(group_id))
     finally:
         store.close()
@@ -274,10 +288,7 @@ async def test_kill9_random_nodes_loses_no_acknowledged_write(tmp_path: Path) ->
             for node in nodes:
                 await cluster.stop(node)
     finally:
-        for node in nodes:
-            if node.proc is not None:
-                node.proc.kill()
-                await node.proc.wait()
+        await cluster.kill_leftovers()
 
     assert cluster.kills == 9 + 3
     stored = {n.name: read_back(n, cluster.group_id) for n in nodes}
@@ -380,10 +391,7 @@ async def test_kill9_with_snapshots_restarts_from_them(tmp_path: Path) -> None:
             for node in nodes:
                 await cluster.stop(node)
     finally:
-        for node in nodes:
-            if node.proc is not None:
-                node.proc.kill()
-                await node.proc.wait()
+        await cluster.kill_leftovers()
 
     assert cluster.kills == 1 + 3
     for node in nodes:  # every node restarted at least once from its own snapshot

@@ -92,20 +92,22 @@ class RCRequest(_message.Message):
     def __init__(self, last_log_term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., log_entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
 
 class RCResponse(_message.Message):
-    __slots__ = ("next_index", "accepted", "context", "dest_addr", "result_code", "batch_size_hint")
+    __slots__ = ("next_index", "accepted", "context", "dest_addr", "result_code", "batch_size_hint", "results")
     NEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     DEST_ADDR_FIELD_NUMBER: _ClassVar[int]
     RESULT_CODE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_HINT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     next_index: int
     accepted: bool
     context: bytes
     dest_addr: str
     result_code: ResultCode
     batch_size_hint: int
-    def __init__(self, next_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., context: _Optional[bytes] = ..., dest_addr: _Optional[str] = ..., result_code: _Optional[_Union[ResultCode, str]] = ..., batch_size_hint: _Optional[int] = ...) -> None: ...
+    results: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, next_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., context: _Optional[bytes] = ..., dest_addr: _Optional[str] = ..., result_code: _Optional[_Union[ResultCode, str]] = ..., batch_size_hint: _Optional[int] = ..., results: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RaftMessage(_message.Message):
     __slots__ = ("base", "rc_request", "rc_response")
