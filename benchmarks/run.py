@@ -57,6 +57,7 @@ from benchlib import (  # noqa: E402
     NodeError,
     NodeProcess,
     Window,
+    cpu_us_per_commit,
     exact_percentile,
     free_port,
     proc_rss_mb,
@@ -337,7 +338,10 @@ def _w1_point(cluster: Cluster, gid: str, p: int, s: Settings) -> dict[str, Any]
         return {"proposers": p, "error": "no leader within 15 s"}
     res = run_load(cluster, [leader], [gid], p, s)
     res["proposers"] = p
+    res["cpu_us_per_commit"] = cpu_us_per_commit(res, res["commits_per_s"],
+                                                 cluster.nodes.index(leader))
     log(f"  w1 nuraft_mesg proposers={p}: {res['commits_per_s']:.0f} commits/s, "
+        f"CPU us/commit (leader, followers) {res['cpu_us_per_commit']}, "
         f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, cpu {res['cpu_pct']}, "
         f"others {res['others_busy_cores']} cores, errors {res['errors']}")
     return res
@@ -352,7 +356,10 @@ def _w6_point(p: int, s: Settings, log_dir: Path) -> dict[str, Any]:
     res["commits_per_s"] = round(res["commits_per_s"], 1)
     for k in ("p50_ms", "p99_ms", "mean_ms"):
         res[k] = _r(res[k])
+    res["cpu_us_per_commit"] = cpu_us_per_commit(res, res["commits_per_s"],
+                                                 res["leader_index"])
     log(f"  w6 PySyncObj   proposers={p}: {res['commits_per_s']:.0f} commits/s, "
+        f"CPU us/commit (leader, followers) {res['cpu_us_per_commit']}, "
         f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, cpu {res['cpu_pct']}, "
         f"others {res['others_busy_cores']} cores, errors {res['errors']}")
     return res
