@@ -13,8 +13,8 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
@@ -55,9 +55,15 @@ _RECONNECT_BACKOFF_MAX: Final = 0.5
 every Raft message into a connection attempt."""
 
 Batch = Sequence[tuple[GroupEnvelope, ReplyCallback]]
-UnaryBatch = Callable[[str, Batch, float, trio.Nursery], Awaitable[None]]
-"""Sends a batch as unary RaftSteps (``Transport.send_batch``'s default): for peers without
-RaftStream."""
+
+
+class UnaryBatch(Protocol):
+    """Sends a batch as unary RaftSteps (``Transport.send_batch``'s default): for peers
+    without RaftStream."""
+
+    async def __call__(
+        self, peer: str, batch: Batch, *, timeout: float, nursery: trio.Nursery  # noqa: ASYNC109
+    ) -> None: ...
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -236,7 +242,7 @@ class GrpcClient:
         if not batch:
             return
         if not self.settings.enable_stream:
-            await self._unary_batch(peer, batch, timeout, nursery)
+            await self._unary_batch(peer, batch, timeout=timeout, nursery=nursery)
             return
         if self._closed:
             _fail_all(batch, TransportError(Status.UNAVAILABLE, "transport is closed"))
@@ -244,7 +250,7 @@ class GrpcClient:
         slot = self._peers.get(peer)
         channel = slot.channel if slot is not None else None
         if channel is not None and channel.usable and channel.stream_unsupported:
-            await self._unary_batch(peer, batch, timeout, nursery)
+            await self._unary_batch(peer, batch, timeout=timeout, nursery=nursery)
             return
         if not timeout > 0:
             _fail_all(batch, TransportError(
@@ -276,7 +282,7 @@ class GrpcClient:
                     link = await self._open_link(channel)
             except _StreamUnsupported:
                 left = deadline - trio.current_time()
-                await self._unary_batch(peer, good, left, nursery)
+                await self._unary_batch(peer, good, timeout=left, nursery=nursery)
                 return
             except TransportError as exc:
                 _fail_all(good, exc)

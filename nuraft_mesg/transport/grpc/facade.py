@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar, cast, overload
 
 import trio
 
@@ -36,6 +36,28 @@ from nuraft_mesg.transport.grpc.settings import (
 )
 from nuraft_mesg.transport.security import TlsConfig, TokenClient, TokenVerifier
 from nuraft_mesg.transport.status import NodeStatus
+
+T = TypeVar("T")
+
+
+class _Shared(Generic[T]):
+    """An attribute of the transport kept in its :class:`Settings`, which both halves read
+    live (so that setting it applies to the server and the client alike)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, transport: None, owner: type) -> _Shared[T]: ...
+    @overload
+    def __get__(self, transport: GrpcTransport, owner: type) -> T: ...
+    def __get__(self, transport: GrpcTransport | None, owner: type) -> _Shared[T] | T:
+        if transport is None:
+            return self
+        return cast(T, getattr(transport.settings, self._name))
+
+    def __set__(self, transport: GrpcTransport, value: T) -> None:
+        setattr(transport.settings, self._name, value)
 
 
 class GrpcTransport(Transport):
@@ -110,14 +132,18 @@ class GrpcTransport(Transport):
         self.server = GrpcServer(self.settings, host, port)
         self.client = GrpcClient(
             self.settings, lookup_peer, peer_lost=self.server.peer_lost,
-            unary_batch=self._unary_batch,
+            unary_batch=super().send_batch,  # unary RaftSteps, one chain per (peer, group)
         )
         self._context: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
 
     # -- configuration (shared by both halves, read live) ----------------------------------------
-    @property
-    def server_uuid(self) -> str:
-        return self.settings.server_uuid
+    server_uuid = _Shared[str]()
+    max_send_message_size = _Shared[int]()
+    max_receive_message_size = _Shared[int]()
+    tls = _Shared["TlsConfig | None"]()
+    handshake_timeout = _Shared[float]()
+    read_timeout = _Shared[float]()
+    enable_stream = _Shared[bool]()
 
     @property
     def host(self) -> str:
@@ -127,38 +153,6 @@ class GrpcTransport(Transport):
     def port(self) -> int:
         """The listening port: the constructor's, or the bound one once :meth:`serve` runs."""
         return self.server.port
-
-    @property
-    def max_send_message_size(self) -> int:
-        return self.settings.max_send_message_size
-
-    @max_send_message_size.setter
-    def max_send_message_size(self, size: int) -> None:
-        self.settings.max_send_message_size = size
-
-    @property
-    def max_receive_message_size(self) -> int:
-        return self.settings.max_receive_message_size
-
-    @max_receive_message_size.setter
-    def max_receive_message_size(self, size: int) -> None:
-        self.settings.max_receive_message_size = size
-
-    @property
-    def tls(self) -> TlsConfig | None:
-        return self.settings.tls
-
-    @property
-    def handshake_timeout(self) -> float:
-        return self.settings.handshake_timeout
-
-    @property
-    def read_timeout(self) -> float:
-        return self.settings.read_timeout
-
-    @property
-    def enable_stream(self) -> bool:
-        return self.settings.enable_stream
 
     # -- ownership ------------------------------------------------------------------------------
     async def __aenter__(self) -> GrpcTransport:
@@ -220,16 +214,6 @@ class GrpcTransport(Transport):
         nursery: trio.Nursery,
     ) -> None:
         await self.client.send_batch(peer, batch, timeout=timeout, nursery=nursery)
-
-    async def _unary_batch(
-        self,
-        peer: str,
-        batch: Sequence[tuple[GroupEnvelope, ReplyCallback]],
-        timeout: float,  # noqa: ASYNC109 - each request's deadline
-        nursery: trio.Nursery,
-    ) -> None:
-        """Unary RaftSteps, one chain per (peer, group): for a peer without RaftStream."""
-        await super().send_batch(peer, batch, timeout=timeout, nursery=nursery)
 
     async def ping(
         self,
