@@ -104,7 +104,7 @@ class _PeerSlot:
 
 
 class GrpcClient:
-    """The calling half of one node's transport (see the module doc).
+    """The calling half of one node's transport (see the module doc and docs/transport.md).
 
     Args:
         settings: shared with the server half (read live).

@@ -62,7 +62,7 @@ class _Shared(Generic[T]):
 
 class GrpcTransport(Transport):
     """One node's gRPC transport: a :class:`GrpcServer` and a :class:`GrpcClient` sharing
-    one :class:`Settings` (see the module doc).
+    one :class:`Settings` (docs/transport.md).
 
     Args:
         server_uuid: this node's uuid; requests must name it in ``intended_addr``.
