@@ -225,11 +225,11 @@ class GrpcClient:
             )
         return reply
 
-    # -- client: RaftStream ----------------------------------------------------------------------
+    # -- batches on the RaftStream ---------------------------------------------------------------
     async def send_batch(
         self,
         peer: str,
-        batch: Sequence[tuple[GroupEnvelope, ReplyCallback]],
+        batch: Batch,
         *,
         timeout: float,  # noqa: ASYNC109 - each request's deadline
         nursery: trio.Nursery,
@@ -691,8 +691,6 @@ async def _read_reply(stream: _Stream) -> bytes:
             return data
 
 
-def _fail_all(
-    batch: Sequence[tuple[GroupEnvelope, ReplyCallback]], error: TransportError
-) -> None:
+def _fail_all(batch: Batch, error: TransportError) -> None:
     for _, callback in batch:
         deliver(callback, error)
