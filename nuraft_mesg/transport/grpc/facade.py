@@ -88,6 +88,14 @@ class GrpcTransport(Transport):
     """
 
     supports_ping: ClassVar[bool] = True
+    # The configuration, kept in the Settings both halves read live:
+    server_uuid = _Shared[str]()
+    max_send_message_size = _Shared[int]()
+    max_receive_message_size = _Shared[int]()
+    tls = _Shared["TlsConfig | None"]()
+    handshake_timeout = _Shared[float]()
+    read_timeout = _Shared[float]()
+    enable_stream = _Shared[bool]()
 
     def __init__(
         self,
@@ -135,15 +143,6 @@ class GrpcTransport(Transport):
             unary_batch=super().send_batch,  # unary RaftSteps, one chain per (peer, group)
         )
         self._context: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
-
-    # -- configuration (shared by both halves, read live) ----------------------------------------
-    server_uuid = _Shared[str]()
-    max_send_message_size = _Shared[int]()
-    max_receive_message_size = _Shared[int]()
-    tls = _Shared["TlsConfig | None"]()
-    handshake_timeout = _Shared[float]()
-    read_timeout = _Shared[float]()
-    enable_stream = _Shared[bool]()
 
     @property
     def host(self) -> str:
