@@ -13,44 +13,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from nuraft_mesg.errors import ServerNotFound
+from nuraft_mesg.group import GroupStatistics, PeerInfo
 from nuraft_mesg.raft.types import ServerConfig
 from nuraft_mesg.transport.status import GroupStatus, MemberStatus, NodeStatus
 
 __all__ = ["StatusSource", "collect_status"]
-
-
-class _GroupStats(Protocol):
-    """The counters of a group the report shows (``GroupStatistics``)."""
-
-    @property
-    def leader_id(self) -> str: ...
-    @property
-    def is_leader(self) -> bool: ...
-    @property
-    def term(self) -> int: ...
-    @property
-    def commit_index(self) -> int: ...
-    @property
-    def last_log_index(self) -> int: ...
-    @property
-    def applied_index(self) -> int: ...
-
-
-class _PeerProgress(Protocol):
-    """One member's replication progress as the leader sees it (``PeerInfo``)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def is_learner(self) -> bool: ...
-    @property
-    def last_log_idx(self) -> int: ...
-    @property
-    def last_succ_resp_us(self) -> int: ...
-    @property
-    def is_new_joiner(self) -> bool: ...
 
 
 class _StatusGroup(Protocol):
@@ -58,8 +25,8 @@ class _StatusGroup(Protocol):
 
     @property
     def group_type(self) -> str: ...
-    def statistics(self) -> _GroupStats: ...
-    def raft_status(self) -> Sequence[_PeerProgress]: ...
+    def statistics(self) -> GroupStatistics: ...
+    def raft_status(self) -> Sequence[PeerInfo]: ...
 
 
 class _DataServiceState(Protocol):
