@@ -487,7 +487,7 @@ async def _failover(cluster: Cluster, gid: str, s: Settings) -> dict[str, Any]:
             while trio.current_time() < deadline:
                 views = await trio.to_thread.run_sync(
                     lambda: [n.request({"op": "leader", "group": gid}) for n in cluster.nodes])
-                leaders = {v.get("leader") for v in views}
+                leaders: set[str] = {v.get("leader") or "" for v in views}
                 if all(v.get("hosted") for v in views) and len(leaders) == 1 and "" not in leaders:
                     lead = by_uuid[leaders.pop()]
                     commit = max(v["commit"] for v in views)

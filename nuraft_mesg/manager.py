@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
+from nuraft_mesg.admin import collect_status
 from nuraft_mesg.data_service import DataService, DataServiceHandler, Destination
 from nuraft_mesg.errors import (
     BadRequest,
@@ -894,8 +895,6 @@ class Manager:
 
     def node_status(self, group_ids: Sequence[str] = ()) -> NodeStatus:
         """This node's groups as ``Admin/Status`` reports them (every group when empty)."""
-        from nuraft_mesg.admin import collect_status
-
         return collect_status(self, group_ids)
 
     # ==========================================================================================

@@ -159,7 +159,8 @@ def lint() -> int:
     if rc != 0:
         return rc
     return run(
-        "mypy nuraft_mesg tests tools", [PYTHON, "-m", "mypy", "nuraft_mesg", "tests", "tools"]
+        "mypy nuraft_mesg tests tools benchmarks",
+        [PYTHON, "-m", "mypy", "nuraft_mesg", "tests", "tools", "benchmarks"],
     )
 
 
