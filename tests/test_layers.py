@@ -59,13 +59,6 @@ RAFT_FORBIDDEN = frozenset({
 })
 """Standard-library and third-party modules that would give the core I/O or a clock."""
 
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # manager <-> data_service: cut by the manager split (issue H, in parallel with this test).
-    # Delete this entry once it is merged: test_known_cycles_still_exist fails until then.
-    frozenset({"nuraft_mesg.manager", "nuraft_mesg.data_service"}),
-})
-
-
 def _matches(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
@@ -215,14 +208,8 @@ def test_the_graph_is_not_empty() -> None:
 # The package
 # ==============================================================================================
 def test_no_import_cycles() -> None:
-    found = [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES]
+    found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
-
-
-def test_known_cycles_still_exist() -> None:
-    """An entry of KNOWN_CYCLES that no longer exists must go (the list only shrinks)."""
-    stale = KNOWN_CYCLES - set(cycles(import_graph()))
-    assert not stale, f"remove from KNOWN_CYCLES: {sorted(sorted(c) for c in stale)}"
 
 
 def test_no_import_goes_up_a_layer() -> None:
