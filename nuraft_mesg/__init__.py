@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "LEADER": "nuraft_mesg.data_service",
     "RoleRegex": "nuraft_mesg.data_service",
     "BadRequest": "nuraft_mesg.errors",
+    "Busy": "nuraft_mesg.errors",
     "Cancelled": "nuraft_mesg.errors",
     "CannotRemoveLeader": "nuraft_mesg.errors",
     "ConfigChanging": "nuraft_mesg.errors",
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     from nuraft_mesg.discovery import DnsApplication as DnsApplication
     from nuraft_mesg.discovery import PeersFileApplication as PeersFileApplication
     from nuraft_mesg.errors import BadRequest as BadRequest
+    from nuraft_mesg.errors import Busy as Busy
     from nuraft_mesg.errors import Cancelled as Cancelled
     from nuraft_mesg.errors import CannotRemoveLeader as CannotRemoveLeader
     from nuraft_mesg.errors import ConfigChanging as ConfigChanging

@@ -29,6 +29,9 @@ class ResultCode(enum.IntEnum):
     CANNOT_REMOVE_LEADER = -9
     SERVER_IS_LEAVING = -10
     TERM_MISMATCH = -11
+    SERVER_IS_BUSY = -12
+    """Not one of NuRaft's codes: nuraft_mesg for Python's admission control (a node or
+    group with too many proposals waiting); a C++ peer reads it as FAILED."""
     RESULT_NOT_EXIST_YET = -10000
     FAILED = -32768
 
@@ -131,6 +134,14 @@ class TermMismatch(RaftError):
     code = ResultCode.TERM_MISMATCH
 
 
+class Busy(RaftError):
+    """Refused by admission control: the group or the node already has as many proposals
+    waiting for their commit as it allows (``RaftParams.max_pending_proposals``,
+    ``ManagerConfig.max_pending_proposals``).  Nothing was appended: back off and retry."""
+
+    code = ResultCode.SERVER_IS_BUSY
+
+
 class Failed(RaftError):
     code = ResultCode.FAILED
 
@@ -160,6 +171,7 @@ _BY_CODE: dict[ResultCode, type[RaftError]] = {
         CannotRemoveLeader,
         ServerIsLeaving,
         TermMismatch,
+        Busy,
         Failed,
     )
 }

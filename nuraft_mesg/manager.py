@@ -39,9 +39,11 @@ from types import MappingProxyType, TracebackType
 import trio
 
 from nuraft_mesg.admin import collect_status
+from nuraft_mesg.admission import Admission
 from nuraft_mesg.data_service import DataService, DataServiceHandler
 from nuraft_mesg.errors import (
     BadRequest,
+    Busy,
     Cancelled,
     NotLeader,
     RaftError,
@@ -124,6 +126,8 @@ class Manager:
         self._group_scopes: dict[str, trio.CancelScope] = {}
         self._state_mgrs: dict[str, StateManager] = {}
         self._group_locks: dict[str, trio.Lock] = {}
+        self.admission = Admission(config.max_pending_proposals)
+        """Writes waiting for their commit here, and the bounds (nuraft_mesg.admission)."""
         self._groups_nursery: trio.Nursery | None = None
         self._peers: PeerSender | None = None
         self._lifetime: object = None
@@ -570,10 +574,17 @@ class Manager:
         Raises:
             ServerNotFound, NotLeader, RaftTimeout (not applied within
             ``client_request_timeout``; the entries may still commit), TermMismatch (another
-            leader replaced them: they will never commit).
+            leader replaced them: they will never commit), Busy (the group or this node has
+            as many writes waiting as it allows: nothing was appended).
         """
         group = self._get(group_id)
-        data = [bytes(e) for e in entries]
+        self.admission.enter(group_id, group.params.max_pending_proposals)
+        try:
+            return await self._append_admitted(group, [bytes(e) for e in entries])
+        finally:
+            self.admission.leave(group_id)
+
+    async def _append_admitted(self, group: RaftGroup, data: list[bytes]) -> list[bytes]:
         proposal = await group.propose(data)
         try:
             return await proposal.applied.wait()  # RaftTimeout after client_request_timeout
@@ -639,16 +650,31 @@ class Manager:
             if refusal is not None:
                 return self._envelope(group, refusal)
         started = trio.current_time()
-        applied = None
+        if msg.type == MsgType.CLIENT_REQUEST:  # a forwarded or external write
+            try:
+                self.admission.enter(group.group_id, group.params.max_pending_proposals)
+            except Busy:
+                return self._envelope(group, Message(
+                    msg.type.response_type, group.core.term, self.server_id, msg.src,
+                    result_code=ResultCode.SERVER_IS_BUSY))
+            try:
+                return await self._client_step(group, msg)
+            finally:
+                self.admission.leave(group.group_id)
         try:
-            if msg.type == MsgType.CLIENT_REQUEST:
-                reply, applied = await group.handle_client_request(msg)
-            else:
-                reply = await group.handle_request(msg, quiesce=request.quiesce)
+            reply = await group.handle_request(msg, quiesce=request.quiesce)
         except RaftError as exc:
             raise self._step_refused(exc) from None
-        if msg.type != MsgType.CLIENT_REQUEST or not reply.accepted:
-            return self._step_answer(group, msg, started, reply)
+        return self._step_answer(group, msg, started, reply)
+
+    async def _client_step(self, group: RaftGroup, msg: Message) -> GroupEnvelope:
+        """A client_request (admitted): the answer, once its entries are applied here."""
+        try:
+            reply, applied = await group.handle_client_request(msg)
+        except RaftError as exc:
+            raise self._step_refused(exc) from None
+        if not reply.accepted:
+            return self._envelope(group, reply)
         # Answer forwarded and external writes once they are committed and applied here,
         # so "accepted" means durable on a quorum (NuRaft's blocking return mode).
         last = reply.next_index - 1

@@ -110,6 +110,10 @@ class ManagerConfig:
     peer_queue_size: int = 16384
     """Outbound messages queued per peer before new ones are dropped (Raft retries); votes
     and heartbeats may use as many again (see :mod:`nuraft_mesg.transport.peers`)."""
+    max_pending_proposals: int = 16384
+    """Writes all groups on this node together let wait for their commit at once (each
+    group also has its own bound, ``RaftParams.max_pending_proposals``); one more is refused
+    with :class:`~nuraft_mesg.errors.Busy`."""
     data_dir: str | None = None
     """Directory of the durable default store (``<data_dir>/nuraft.db``, see
     :mod:`nuraft_mesg.storage.sqlite`).  When set, the Manager persists the log, hard state and
@@ -132,6 +136,8 @@ class ManagerConfig:
     with a 0.25 s deadline)."""
 
     def __post_init__(self) -> None:
+        if self.max_pending_proposals < 1:
+            raise ValueError("max_pending_proposals must be >= 1")
         if not (self.liveness_interval > 0 and self.liveness_timeout > 0):
             raise ValueError("liveness_interval and liveness_timeout must be > 0")
         try:

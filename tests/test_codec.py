@@ -277,7 +277,7 @@ def test_unknown_log_entry_type(number: int) -> None:
         codec.message_from_proto(parsed)
 
 
-@pytest.mark.parametrize("wire", [12, 99, 10001, 32767, 40000, -3, -(1 << 31)])
+@pytest.mark.parametrize("wire", [13, 99, 10001, 32767, 40000, -3, -(1 << 31)])
 def test_unknown_result_code_decodes_as_failed(wire: int) -> None:
     pb = _response_pb()
     pb.rc_response.result_code = wire  # type: ignore[assignment]

@@ -74,6 +74,13 @@ class RaftParams:
     traffic of creating many groups); a negative value disables quiescing.  Timers only:
     Raft's safety does not depend on it."""
 
+    max_pending_proposals: int = 4096
+    """Writes (``append_entries`` calls and client requests, each of any number of entries)
+    this group's node lets wait for their commit at once; one more is refused with
+    :class:`~nuraft_mesg.errors.Busy` instead of queueing behind them (a queue without bound
+    only turns a saturated leader's latency into timeouts).  Enforced by the runtime; the
+    node-wide bound is ``ManagerConfig.max_pending_proposals``."""
+
     def __post_init__(self) -> None:
         low, high = self.election_timeout_ms
         if self.heartbeat_interval_ms <= 0:
@@ -91,6 +98,8 @@ class RaftParams:
             raise ValueError("max_append_bytes must be >= 1")
         if self.max_inflight_appends < 1:
             raise ValueError("max_inflight_appends must be >= 1")
+        if self.max_pending_proposals < 1:
+            raise ValueError("max_pending_proposals must be >= 1")
         if not 0 <= self.priority_decay_percent < 100:
             raise ValueError("priority_decay_percent must be in [0, 100)")
         if self.snapshot_distance < 0 or self.reserved_log_items < 0:
