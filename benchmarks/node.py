@@ -106,6 +106,7 @@ class Node:
             heartbeat_interval_ms=args.heartbeat_ms or defaults.heartbeat_interval_ms,
             election_timeout_ms=(tuple(args.election_ms) if args.election_ms
                                  else defaults.election_timeout_ms),
+            max_pending_proposals=args.max_pending or defaults.max_pending_proposals,
         )
         self.mgr: Manager | None = None
         self.profiler: cProfile.Profile | None = None
@@ -124,6 +125,7 @@ class Node:
             mgr.register_group_type(GROUP_TYPE, self.params)
             await self.emit({"event": "ready", "port": mgr.port, "pid": os.getpid(),
                              "params": {"heartbeat_ms": self.params.heartbeat_interval_ms,
+                                        "max_pending": self.params.max_pending_proposals,
                                         "election_ms": list(self.params.election_timeout_ms)}})
             buf = b""
             while True:
@@ -317,6 +319,8 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, help="use the durable SQLite store here")
     parser.add_argument("--heartbeat-ms", type=int, default=0, help="default: RaftParams'")
     parser.add_argument("--election-ms", type=int, nargs=2, metavar=("LOW", "HIGH"))
+    parser.add_argument("--max-pending", type=int, default=0,
+                        help="RaftParams.max_pending_proposals (default: RaftParams')")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

@@ -19,7 +19,12 @@ docs/benchmarks.md explains each in detail):
 4. Failover: SIGKILL the leader (durable SQLite store) 20 times; from the kill to the first
    write that commits (an ExternalClient loop), p50/p99; the killed node is restarted.
 5. Creating and electing 10,000 3-member groups: wall time (capped; partial result recorded).
-6. PySyncObj on workload 1 (``benchmarks/pysyncobj_bench.py``), same sweep, and the ratio.
+6. PySyncObj on workload 1 (``benchmarks/pysyncobj_bench.py``), same sweep, and the ratio;
+   then 3 alternations A B of both at each one's best N (best, median, both ratios, CPU µs
+   per committed entry of the leader and each follower, for both libraries).
+7. Overload: 4 x workload 1's best N on one group, with admission control bounding the
+   group's pending writes at that N (refusals counted) and without; leader changes, p99.
+8. Workload 1 at its best N on the durable SQLite store: commits/s, CPU µs per entry.
 
 The full run writes ``<out>/benchmarks.json`` and ``<out>/benchmarks.png`` (``--out``
 defaults to docs/ for a full run and to a temporary directory for ``--quick``) and, when
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -92,6 +98,7 @@ class Settings:
     rounds: int = 3
     """Alternations A B of the one-group comparison (workloads 1 and 6) at the best N."""
     heartbeat_ms: int = 0  # 0: RaftParams' defaults
+    max_pending: int = 0  # 0: RaftParams' default max_pending_proposals
     election_ms: tuple[int, int] | None = None
 
     @classmethod
@@ -120,6 +127,8 @@ class BenchNode(NodeProcess):
             argv += ["--data-dir", str(data_dir)]
         if settings.heartbeat_ms:
             argv += ["--heartbeat-ms", str(settings.heartbeat_ms)]
+        if settings.max_pending:
+            argv += ["--max-pending", str(settings.max_pending)]
         if settings.election_ms:
             argv += ["--election-ms", *map(str, settings.election_ms)]
         if os.environ.get("BENCH_NODE_LOG_LEVEL"):
@@ -382,10 +391,11 @@ def _leader_first(values: list[Any], leader: int) -> list[Any]:
     return [values[leader]] + [v for i, v in enumerate(values) if i != leader]
 
 
-def _w1_point(cluster: Cluster, gid: str, p: int, s: Settings) -> dict[str, Any]:
+def _w1_point(cluster: Cluster, gid: str, p: int, s: Settings,
+              tag: str = "w1 nuraft_mesg") -> dict[str, Any]:
     leader = cluster.wait_leader(gid, 15)
     if leader is None:
-        log(f"  w1 proposers={p}: no leader within 15 s")
+        log(f"  {tag} proposers={p}: no leader within 15 s")
         return {"proposers": p, "error": "no leader within 15 s"}
     res = run_load(cluster, [leader], [gid], p, s)
     res["proposers"] = p
@@ -393,7 +403,7 @@ def _w1_point(cluster: Cluster, gid: str, p: int, s: Settings) -> dict[str, Any]
     res["cpu_us_per_commit"] = cpu_us_per_commit(res, res["commits_per_s"],
                                                  res["leader_index"])
     res["cpu_pct_leader_first"] = _leader_first(res["cpu_pct"], res["leader_index"])
-    log(f"  w1 nuraft_mesg proposers={p}: {res['commits_per_s']:.0f} commits/s, "
+    log(f"  {tag} proposers={p}: {res['commits_per_s']:.0f} commits/s, "
         f"CPU us/commit (leader, followers) {res['cpu_us_per_commit']}, "
         f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
         f"cpu % (leader first) {res['cpu_pct_leader_first']}, "
@@ -419,6 +429,67 @@ def _w6_point(p: int, s: Settings, log_dir: Path) -> dict[str, Any]:
         f"cpu % (leader first) {res['cpu_pct_leader_first']}, "
         f"others {res['others_busy_cores']} cores, errors {res['errors']}")
     return res
+
+
+def saturating_n(results: dict[str, Any], s: Settings) -> int:
+    """The proposer count at which one group saturates: workload 1's best N when it ran,
+    else the sweep's first N (256 by default)."""
+    w1 = results.get("w1")
+    return int(w1["best"]["proposers"]) if w1 else (256 if 256 in s.sweep else s.sweep[0])
+
+
+def _leader_changes(cluster: Cluster) -> int:
+    return sum(r["leader_changes"] for r in cluster.status())
+
+
+def workload7(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
+    """Overload: 4 x the saturating proposer count on one group, first with the group's
+    bound on pending writes set to the saturating count (admission control refuses the
+    rest with Busy; a refused proposer backs off 50 ms), then with no effective bound (every
+    write queues).  Leader changes over each window, p99 of the admitted writes, refusals."""
+    out: dict[str, Any] = {"saturating_proposers": n_sat, "proposers": 4 * n_sat,
+                           "points": []}
+    for label, bound in (("bounded", n_sat), ("unbounded", 1 << 30)):
+        st = dataclasses.replace(s, max_pending=bound)
+        with Cluster(f"w7-{label}", log_dir, st) as cluster:
+            gid = cluster.one_group()
+            leader = cluster.wait_leader(gid, 15)
+            if leader is None:
+                out["points"].append({"label": label, "error": "no leader within 15 s"})
+                continue
+            before = _leader_changes(cluster)
+            res = run_load(cluster, [leader], [gid], 4 * n_sat, s)
+            res["leader_changes"] = _leader_changes(cluster) - before
+            res["same_leader"] = cluster.leader(gid) is leader
+        res.update({"label": label, "max_pending": bound,
+                    "refused": res["errors"].get("Busy", 0),
+                    "leader_index": cluster.nodes.index(leader)})
+        res["cpu_us_per_commit"] = cpu_us_per_commit(res, res["commits_per_s"],
+                                                     res["leader_index"])
+        out["points"].append(res)
+        log(f"  w7 {label} (max_pending {bound if bound < 1 << 30 else 'none'}), "
+            f"{4 * n_sat} proposers: {res['commits_per_s']:.0f} commits/s, p50 "
+            f"{res['p50_ms']} ms, p99 {res['p99_ms']} ms, refused {res['refused']}, "
+            f"leader changes {res['leader_changes']}, same leader {res['same_leader']}, "
+            f"CPU us/commit (leader, followers) {res['cpu_us_per_commit']}, "
+            f"errors {res['errors']}")
+    return out
+
+
+def workload8(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
+    """Workload 1 on the durable SQLite store (every node persists its log and hard state
+    before answering), ``s.rounds`` points at the saturating N; compared with workload 1's
+    in-memory median in the report."""
+    rounds = []
+    with Cluster("w8", log_dir, s, durable=True) as cluster:
+        gid = cluster.one_group()
+        for r in range(max(1, s.rounds)):
+            point = _w1_point(cluster, gid, n_sat, s, tag=f"w8 SQLite round {r + 1}")
+            if "commits_per_s" in point:
+                rounds.append(point)
+    if not rounds:
+        raise RuntimeError("workload 8: no point ran")
+    return {"rounds": rounds, "compare": _rounds_summary(rounds)}
 
 
 def workload2(s: Settings, log_dir: Path) -> dict[str, Any]:
@@ -890,6 +961,34 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             fmt(b["commits_per_s"]))
         row("6 PySyncObj", "commit latency p50 / p99",
             f"{fmt(b['p50_ms'], 1)} / {fmt(b['p99_ms'], 1)} ms")
+    w7 = results.get("w7")
+    if w7:
+        for pt in w7["points"]:
+            if "commits_per_s" not in pt:
+                row("7 overload", f"{pt['label']}", pt.get("error", "failed"))
+                continue
+            wl = f"7 overload {w7['proposers']} proposers, {pt['label']}"
+            bound = pt["max_pending"] if pt["max_pending"] < 1 << 30 else "none"
+            row(wl, f"commits/s, p50 / p99 (max_pending {bound})",
+                f"{fmt(pt['commits_per_s'])}, {fmt(pt['p50_ms'], 1)} / "
+                f"{fmt(pt['p99_ms'], 1)} ms")
+            row(wl, "refused (Busy) / leader changes / CPU us per entry leader/f/f",
+                f"{fmt(pt['refused'])} / {pt['leader_changes']} / "
+                + "/".join(fmt(c, 1) for c in pt["cpu_us_per_commit"]),
+                "no leader change" if pt["label"] == "bounded" else "-",
+                (pt["leader_changes"] == 0 and pt["same_leader"])
+                if pt["label"] == "bounded" else None)
+    w8 = results.get("w8")
+    if w8 and w8.get("compare"):
+        c8 = w8["compare"]
+        base = ((w1 or {}).get("compare") or {}).get("median")
+        row("8 SQLite store", f"commits/s best / median ({c8['rounds']} rounds, "
+            f"{c8['proposers']} proposers)", f"{fmt(c8['best'])} / {fmt(c8['median'])}",
+            f">= 50 % of (1)'s median ({fmt(base / 2)})" if base else ">= 50 % of (1)",
+            c8["median"] >= base / 2 if base else None)
+        row("8 SQLite store", "median CPU us per entry leader/f/f, p99 ms per round",
+            "/".join(fmt(c, 1) for c in c8["median_cpu_us_per_commit"]) + "; "
+            + "/".join(fmt(x, 1) for x in c8["p99_ms"]))
     others = []
     for key, label in (("w1", "1"), ("w6", "6")):
         if results.get(key):
@@ -1140,7 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller, shorter (~1 minute)")
-    parser.add_argument("--only", default="0,1,2,3,4,5,6",
+    parser.add_argument("--only", default="0,1,2,3,4,5,6,7,8",
                         help="comma-separated workload numbers (default: all; 0 is the "
                         "transport micro-benchmark)")
     parser.add_argument("--out", type=Path, help="where the JSON and PNG go "
@@ -1220,6 +1319,13 @@ def main(argv: list[str] | None = None) -> int:
             attempt("w1_6", f"{title} (proposer sweep, interleaved)", workload1_6, s,
                     log_dir, do1=1 in only, do6=6 in only, profile=not args.no_profile)
             results.update(results.pop("w1_6", {}))
+        if 7 in only:
+            n_sat = saturating_n(results, s)
+            attempt("w7", f"7: overload, {4 * n_sat} proposers on one group", workload7, s,
+                    log_dir, n_sat)
+        if 8 in only:
+            attempt("w8", "8: one group on the durable SQLite store", workload8, s, log_dir,
+                    saturating_n(results, s))
         if 2 in only:
             attempt("w2", f"2: {s.w2_groups} active groups", workload2, s, log_dir)
         if 4 in only:
