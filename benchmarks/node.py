@@ -46,6 +46,7 @@ import cProfile
 import json
 import logging
 import os
+import random
 import struct
 import sys
 from collections import Counter
@@ -58,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import KEYS, Histogram, apply_gc_setting
 
 from nuraft_mesg import (
+    Busy,
     InMemoryApplication,
     Manager,
     ManagerConfig,
@@ -69,6 +71,9 @@ from nuraft_mesg.raft.types import ClusterConfig
 from nuraft_mesg.storage.interfaces import StateMachine
 
 GROUP_TYPE = "bench"
+BUSY_BACKOFF = (0.05, 2.0)
+"""A proposer refused Busy waits 50 ms, doubling up to 2 s (x 0.5-1.5 jitter), until a write
+of its is admitted again."""
 log = logging.getLogger("bench.node")
 
 
@@ -230,6 +235,8 @@ class Node:
             key = struct.pack(">II", pid % KEYS, 0)
             pad = b"x" * (size - 16)
             seq = 0
+            backoff = BUSY_BACKOFF[0]
+            rng = random.Random(pid)
             while True:
                 t0 = trio.current_time()
                 if t0 >= measure_to:
@@ -238,6 +245,13 @@ class Node:
                 entry = key + struct.pack(">Q", seq) + pad
                 try:
                     await mgr.append_entries(gid, [entry])
+                except Busy:
+                    # admission control: back off exponentially (with jitter), as a client
+                    # should; an eager retry costs the leader as much as a write
+                    errors["Busy"] += 1
+                    await trio.sleep(backoff * (0.5 + rng.random()))
+                    backoff = min(backoff * 2, BUSY_BACKOFF[1])
+                    continue
                 except NotLeader:
                     # leadership moved (or was lost): back off, do not spin on the node
                     errors["NotLeader"] += 1
@@ -247,6 +261,7 @@ class Node:
                     errors[type(exc).__name__] += 1
                     await trio.sleep(0.05)
                     continue
+                backoff = BUSY_BACKOFF[0]
                 t1 = trio.current_time()
                 if measure_from <= t1 < measure_to:
                     commits += 1

@@ -74,14 +74,16 @@ class RaftParams:
     traffic of creating many groups); a negative value disables quiescing.  Timers only:
     Raft's safety does not depend on it."""
 
-    max_pending_proposals: int = 1024
+    max_pending_proposals: int = 4096
     """Writes (``append_entries`` calls and client requests, each of any number of entries)
     this group's node lets wait for their commit at once; one more is refused with
     :class:`~nuraft_mesg.errors.Busy` instead of queueing behind them (a queue without bound
     only turns a saturated leader's latency into timeouts).  One group on one core saturates at
-    a few hundred concurrent writes (docs/benchmarks.md), so 1024 costs no throughput and
-    bounds the queueing delay at about four times the saturated latency.  Enforced by the
-    runtime; the node-wide bound is ``ManagerConfig.max_pending_proposals``."""
+    a few hundred concurrent writes and commits 4096 queued ones in well under
+    ``client_request_timeout`` (docs/benchmarks.md).  Not lower by default: a refused writer
+    that retries costs the leader CPU too, so a tight bound with eager clients does worse than
+    the queue (workload 7 measures both).  Enforced by the runtime; the node-wide bound is
+    ``ManagerConfig.max_pending_proposals``."""
 
     def __post_init__(self) -> None:
         low, high = self.election_timeout_ms
