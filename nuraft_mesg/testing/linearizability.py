@@ -65,7 +65,9 @@ from __future__ import annotations
 
 import abc
 import json
+import heapq
 import math
+import random
 import time as timelib
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +84,7 @@ __all__ = [
     "PartitionResult",
     "check",
     "check_kv",
+    "simulated_history",
 ]
 
 EventType = Literal["invoke", "ok", "fail", "info"]
@@ -511,7 +514,7 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
     state: S = model.init()
     linearized = 0
     seen: set[tuple[int, S]] = set()
-    stack: list[tuple[int, S]] = []
+    stack: list[tuple[int, S, bool]] = []  # (call linearized, state before, forced)
     best: list[int] = []
     best_blocked = -1
     best_state: object = state
@@ -519,7 +522,7 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
     e = nxt[head]
     while True:
         if e == tail:
-            return _Search("ok", steps, [c for c, _ in stack])
+            return _Search("ok", steps, [c for c, _, _ in stack])
         steps += 1
         if steps % _CHECK_EVERY == 0 and (
                 (budget.max_steps is not None and steps >= budget.max_steps)
@@ -533,7 +536,10 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
                 memo = (bits, new)
                 if memo not in seen:
                     seen.add(memo)
-                    stack.append((e, state))
+                    # An op that leaves the state as it is (a read) can always move to the
+                    # front of any order that completes from here, so placing it now is no
+                    # choice: backtracking will not try the orders without it.
+                    stack.append((e, state, new == state))
                     state, linearized = new, bits
                     r = e + n  # lift the call and its return out of the list
                     nxt[prv[e]] = nxt[e]
@@ -546,19 +552,22 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
             continue
         # A return whose operation is not linearized yet.
         if ops[e - n].ret == inf:  # only unknown-outcome ops remain: leave them out
-            return _Search("ok", steps, [c for c, _ in stack])
+            return _Search("ok", steps, [c for c, _, _ in stack])
         if len(stack) > len(best) or best_blocked < 0:
-            best = [c for c, _ in stack]
+            best = [c for c, _, _ in stack]
             best_blocked, best_state = e - n, state
-        if not stack:
-            return _Search("violation", steps, best, best_blocked, best_state)
-        c, state = stack.pop()
-        linearized &= ~(1 << c)
-        r = c + n  # put the return, then the call, back where they were
-        nxt[prv[r]] = r
-        prv[nxt[r]] = r
-        nxt[prv[c]] = c
-        prv[nxt[c]] = c
+        while True:
+            if not stack:
+                return _Search("violation", steps, best, best_blocked, best_state)
+            c, state, forced = stack.pop()
+            linearized &= ~(1 << c)
+            r = c + n  # put the return, then the call, back where they were
+            nxt[prv[r]] = r
+            prv[nxt[r]] = r
+            nxt[prv[c]] = c
+            prv[nxt[c]] = c
+            if not forced:
+                break
         e = nxt[c]
 
 
@@ -651,3 +660,61 @@ def check_kv(history: History | Iterable[Operation], *, timeout: float | None = 
              max_steps: int | None = None, shrink: bool = True) -> LinearizabilityResult:
     """:func:`check` against :class:`KVModel` (put / get / del per key)."""
     return check(history, KVModel(), timeout=timeout, max_steps=max_steps, shrink=shrink)
+
+
+# ==============================================================================================
+# A linearizable workload, for tests and benchmarks
+# ==============================================================================================
+def simulated_history(rng: random.Random, *, operations: int = 10_000, clients: int = 50,
+                      keys: int = 100, reads: float = 0.5, deletes: float = 0.05,
+                      unknown: float = 0.01, latency: float = 0.02,
+                      think: float = 0.005) -> History:
+    """A linearizable history of ``clients`` clients over ``keys`` atomic registers.
+
+    Each client runs one operation at a time (``get`` with probability ``reads``, ``del``
+    with ``deletes``, else ``put`` of a unique value), on a random key.  An operation takes
+    effect at a random instant within ``latency`` of its invocation and completes within
+    ``latency`` after that; a fraction ``unknown`` of them time out instead (recorded as
+    ``info``), and half of those never take effect.  Reads answer from the registers at their
+    instant, so the history is linearizable by construction.
+    """
+    specs: list[tuple[float, float, float, int, str, str, str | None, bool]] = []
+    free = [(rng.uniform(0, think), c) for c in range(clients)]
+    heapq.heapify(free)
+    for n in range(operations):
+        call, client = heapq.heappop(free)
+        r = rng.random()
+        kind = "get" if r < reads else "del" if r < reads + deletes else "put"
+        value = f"v{n}" if kind == "put" else None
+        lin = call + rng.uniform(0, latency)
+        ret = lin + rng.uniform(0, latency)
+        timed_out = rng.random() < unknown
+        if timed_out:
+            ret = call + 2 * latency  # the client gives up; the effect may come later
+            lin = math.inf if rng.random() < 0.5 else call + rng.uniform(0, 4 * latency)
+        specs.append((call, lin, ret, client, kind, f"k{rng.randrange(keys)}", value, timed_out))
+        heapq.heappush(free, (ret + rng.uniform(0, think), client))
+    outputs: dict[int, str | None] = {}
+    registers: dict[str, str | None] = {}
+    for i in sorted(range(len(specs)), key=lambda i: specs[i][1]):
+        _, lin, _, _, kind, key, value, _ = specs[i]
+        if lin == math.inf:
+            break
+        if kind == "get":
+            outputs[i] = registers.get(key)
+        else:
+            registers[key] = value
+    events: list[tuple[float, int, int]] = []  # (time, 0 invoke / 1 completion, spec)
+    for i, (call, _, ret, *_rest) in enumerate(specs):
+        events += [(call, 0, i), (ret, 1, i)]
+    h = History()
+    ids: dict[int, int] = {}
+    for t, what, i in sorted(events):
+        _, _, _, client, kind, key, value, timed_out = specs[i]
+        if what == 0:
+            ids[i] = h.invoke(client, kind, key, value, time=t)
+        elif timed_out:
+            h.info(ids[i], time=t)
+        else:
+            h.ok(ids[i], outputs[i] if kind == "get" else None, time=t)
+    return h
