@@ -64,8 +64,9 @@ equal exactly when they behave the same.
 from __future__ import annotations
 
 import abc
-import json
 import heapq
+import itertools
+import json
 import math
 import random
 import time as timelib
@@ -510,7 +511,7 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
     nxt = [0] * (2 * n + 2)
     prv = [0] * (2 * n + 2)
     chain = [head, *order, tail]
-    for a, b in zip(chain, chain[1:], strict=False):
+    for a, b in itertools.pairwise(chain):
         nxt[a] = b
         prv[b] = a
     inf = math.inf

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nuraft_mesg.testing import History, Model, Operation, check, check_kv, simulated_history
 
 
-def _op(h: History, client: int, kind: str, key: str, start: float, end: float | None,
+def _op(h: History, client: int | str, kind: str, key: str, start: float, end: float | None,
         value: str | None = None, *, read: str | None = None, outcome: str = "ok") -> int:
     """Record one operation over [start, end]: ok (``read`` = what a get saw), fail, info."""
     op = h.invoke(client, kind, key, value, time=start)
