@@ -18,7 +18,9 @@ Property testing of your state machine over live Raft groups (see docs/testing.m
 
 Linearizability: :class:`History` records what clients invoked and saw (JSON lines on disk);
 :func:`check_kv` (or :func:`check` with your own :class:`Model`) decides whether it is
-linearizable and explains a violation; :func:`simulated_history` makes linearizable ones.
+linearizable and explains a violation; :func:`simulated_history` makes linearizable ones;
+:class:`SimKVClients` records one from concurrent clients of a SimCluster group (reads
+through the log: :class:`LogReadKV`).
 
 DNS-named peers (:class:`nuraft_mesg.DnsApplication`): :class:`StaticResolver` /
 :func:`install_static_resolver` answer trio's ``getaddrinfo`` from a table, like ``/etc/hosts``
@@ -47,6 +49,7 @@ from nuraft_mesg.testing.cluster import (
 )
 from nuraft_mesg.testing.conformance import check_log_store, check_state_manager
 from nuraft_mesg.testing.dns import StaticResolver, install_static_resolver
+from nuraft_mesg.testing.histories import LogReadKV, SimKVClients
 from nuraft_mesg.testing.linearizability import (
     History,
     KVModel,
@@ -91,6 +94,8 @@ __all__ = [
     "check",
     "check_kv",
     "simulated_history",
+    "LogReadKV",
+    "SimKVClients",
 ]
 
 

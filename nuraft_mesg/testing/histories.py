@@ -18,13 +18,16 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
 from nuraft_mesg.errors import BadRequest
 from nuraft_mesg.storage.memory import KVStateMachine
-from nuraft_mesg.testing.cluster import SimCluster, Write
 from nuraft_mesg.testing.linearizability import History
+
+if TYPE_CHECKING:  # no import at run time: the cluster module may move
+    from nuraft_mesg.testing.cluster import SimCluster, Write
 
 __all__ = ["LogReadKV", "SimKVClients"]
 
