@@ -498,6 +498,9 @@ class _Search:
 
 
 _CHECK_EVERY: Final = 2048
+_MEMO_BYTES: Final = 1 << 30
+"""Rough bound on the memory of one search's explored set (a set of bits per operation
+each): past it the search answers unknown rather than exhausting the machine."""
 
 
 def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Search:
@@ -525,6 +528,7 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
     best_blocked = -1
     best_state: object = state
     steps = 0
+    memo_limit = max(10_000, _MEMO_BYTES // (n // 8 + 120))
     e = nxt[head]
     while True:
         if e == tail:
@@ -532,7 +536,7 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
         steps += 1
         if steps % _CHECK_EVERY == 0 and (
                 (budget.max_steps is not None and steps >= budget.max_steps)
-                or timelib.monotonic() > budget.deadline):
+                or len(seen) > memo_limit or timelib.monotonic() > budget.deadline):
             budget.exhausted = True
             return _Search("unknown", steps)
         if e < n:  # a call: try to linearize it now
@@ -648,7 +652,7 @@ def check(history: History | Iterable[Operation], model: Model[S], *,
                                            tuple(part[i] for i in found.order))
         elif found.outcome == "unknown":
             results[key] = PartitionResult(key, "unknown", len(part), found.steps,
-                                           explanation="search budget exhausted")
+                                           explanation="search budget (time, steps or memory) exhausted")
         else:
             results[key] = _violation(key, part, model, found, budget, shrink)
     outcome: Outcome = "ok"

@@ -166,7 +166,7 @@ def test_the_search_budget_answers_unknown_instead_of_hanging() -> None:
     start = time.monotonic()
     result = check_kv(history, max_steps=5000)
     assert result.outcome == "unknown", str(result)
-    assert result.unknown[0].explanation == "search budget exhausted"
+    assert result.unknown[0].explanation.startswith("search budget")
     out_of_time = check_kv(history, timeout=0.0)
     assert out_of_time.outcome == "unknown"
     assert time.monotonic() - start < 60
