@@ -651,8 +651,9 @@ def check(history: History | Iterable[Operation], model: Model[S], *,
             results[key] = PartitionResult(key, "ok", len(part), found.steps,
                                            tuple(part[i] for i in found.order))
         elif found.outcome == "unknown":
-            results[key] = PartitionResult(key, "unknown", len(part), found.steps,
-                                           explanation="search budget (time, steps or memory) exhausted")
+            results[key] = PartitionResult(
+                key, "unknown", len(part), found.steps,
+                explanation="search budget (time, steps or memory) exhausted")
         else:
             results[key] = _violation(key, part, model, found, budget, shrink)
     outcome: Outcome = "ok"
