@@ -746,3 +746,33 @@ def simulated_history(rng: random.Random, *, operations: int = 10_000, clients: 
         else:
             h.ok(ids[i], outputs[i] if kind == "get" else None, time=t)
     return h
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nuraft_mesg.testing.linearizability HISTORY.jsonl ...``: check recorded KV
+    histories; prints each verdict.  Exit status: 0 all linearizable, 1 a violation, 2 unknown
+    (out of budget) or an unreadable file."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m nuraft_mesg.testing.linearizability",
+                                 description="Check JSON-lines KV histories for "
+                                             "linearizability.")
+    ap.add_argument("histories", nargs="+", type=Path)
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per history")
+    args = ap.parse_args(argv)
+    outcomes: set[str] = set()
+    for path in args.histories:
+        try:
+            history = History.load(path)
+        except (OSError, ValueError) as exc:
+            print(f"{path}: {exc}")
+            outcomes.add("unknown")
+            continue
+        result = check_kv(history, timeout=args.timeout)
+        print(f"{path}: {result}")
+        outcomes.add(result.outcome)
+    return 1 if "violation" in outcomes else 2 if "unknown" in outcomes else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

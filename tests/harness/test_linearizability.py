@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nuraft_mesg.testing import History, Model, Operation, check, check_kv, simulated_history
+from nuraft_mesg.testing.linearizability import main
 
 
 def _op(h: History, client: int | str, kind: str, key: str, start: float, end: float | None,
@@ -213,6 +214,23 @@ def test_load_accepts_short_completions_and_reports_bad_lines() -> None:
         with pytest.raises(ValueError, match=message) as info:
             History.from_lines(lines)
         assert f"line {len(lines)}:" in str(info.value)
+
+
+def test_the_command_line_checks_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    good = simulated_history(random.Random(2), operations=200, clients=4, keys=3)
+    good.dump(tmp_path / "good.jsonl")
+    bad = History()
+    _op(bad, 1, "put", "k", 0, 1, "a")
+    _op(bad, 2, "get", "k", 2, 3, read=None)
+    bad.dump(tmp_path / "bad.jsonl")
+    (tmp_path / "junk.jsonl").write_text("{}\n")
+    assert main([str(tmp_path / "good.jsonl")]) == 0
+    assert main([str(tmp_path / "good.jsonl"), str(tmp_path / "junk.jsonl")]) == 2
+    assert main([str(tmp_path / n) for n in ("junk.jsonl", "bad.jsonl", "good.jsonl")]) == 1
+    out = capsys.readouterr().out
+    assert "good.jsonl: linearizability: ok" in out
+    assert "bad.jsonl: linearizability: violation" in out and "junk.jsonl: history line 1" in out
 
 
 def test_the_recorder_refuses_what_it_cannot_check() -> None:
