@@ -520,6 +520,7 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
     inf = math.inf
     step = model.step
     read_only = [model.read_only(op) for op in ops]
+    has_reads = any(read_only)
     state: S = model.init()
     linearized = 0
     seen: set[tuple[int, S]] = set()
@@ -557,6 +558,9 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
                     nxt[prv[r]] = nxt[r]
                     prv[nxt[r]] = prv[r]
                     e = nxt[head]
+                    if has_reads:
+                        e = _free_read(e, n, nxt, ops, read_only, step, state, linearized,
+                                       seen)
                     continue
             e = nxt[e]
             continue
@@ -579,6 +583,21 @@ def _search(ops: Sequence[Operation], model: Model[S], budget: _Budget) -> _Sear
             if not forced:
                 break
         e = nxt[c]
+
+
+def _free_read(head_next: int, n: int, nxt: list[int], ops: Sequence[Operation],
+               read_only: list[bool], step: Any, state: Any, linearized: int,
+               seen: set[tuple[int, Any]]) -> int:
+    """The first pending read-only call that is legal now and leads somewhere unexplored
+    (placing it is no choice, see above), else ``head_next``: trying those before any write
+    keeps the search from branching on writes that a read settles anyway."""
+    e = head_next
+    while e < n:
+        if read_only[e] and (linearized | (1 << e), state) not in seen:
+            if step(state, ops[e])[0]:
+                return e
+        e = nxt[e]
+    return head_next
 
 
 def _drop_unobserved(ops: list[Operation], model: Model[S]) -> list[Operation]:

@@ -5,6 +5,7 @@ once a read is made stale)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -15,7 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nuraft_mesg.testing import History, Model, Operation, check, check_kv, simulated_history
+from nuraft_mesg.testing import (
+    History,
+    KVModel,
+    Model,
+    Operation,
+    check,
+    check_kv,
+    simulated_history,
+)
 from nuraft_mesg.testing.linearizability import main
 
 
@@ -345,6 +354,47 @@ def test_histories_with_a_stale_read_are_rejected(shape: tuple[int, int, int, in
     (v,) = result.violations
     assert target in {op.id for op in v.witness}
     assert check_kv(h, timeout=30).ok  # the same history, unchanged, passes
+
+
+def _brute_force(ops: list[Operation]) -> bool:
+    """Linearizable by trying every order of every subset that keeps the completed ops."""
+    model = KVModel()
+    done = [o for o in ops if o.status == "ok"]
+    unknown = [o for o in ops if o.status == "info" and o.kind != "get"]
+    for k in range(len(unknown) + 1):
+        for extra in itertools.combinations(unknown, k):
+            for order in itertools.permutations(done + list(extra)):
+                if any(b.ret < a.call for i, a in enumerate(order) for b in order[i + 1:]):
+                    continue  # b completed before a began: b must come first
+                state = model.init()
+                for op in order:
+                    legal, state = model.step(state, op)
+                    if not legal:
+                        break
+                else:
+                    return True
+    return False
+
+
+_SMALL = st.lists(
+    st.tuples(st.sampled_from(["put", "get", "del"]), st.sampled_from([None, "a", "b"]),
+              st.integers(0, 6), st.integers(0, 4), st.sampled_from(["ok", "ok", "info"])),
+    min_size=1, max_size=6)
+
+
+@given(_SMALL)
+def test_the_search_agrees_with_brute_force(spec: list[tuple[str, str | None, int, int, str]]
+                                             ) -> None:
+    h = History()
+    for client, (kind, value, start, length, outcome) in enumerate(spec):
+        if kind == "put" and value is None:
+            value = "a"
+        op = h.invoke(client, kind, "k", value if kind == "put" else None, time=start)
+        if outcome == "ok":
+            h.ok(op, value if kind == "get" else None, time=start + length)
+        else:
+            h.info(op, time=start + length)
+    assert check_kv(h).ok == _brute_force(h.operations())
 
 
 def test_a_generated_10000_operation_history_checks() -> None:
