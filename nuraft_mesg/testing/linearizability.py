@@ -593,9 +593,9 @@ def _free_read(head_next: int, n: int, nxt: list[int], ops: Sequence[Operation],
     keeps the search from branching on writes that a read settles anyway."""
     e = head_next
     while e < n:
-        if read_only[e] and (linearized | (1 << e), state) not in seen:
-            if step(state, ops[e])[0]:
-                return e
+        if (read_only[e] and (linearized | (1 << e), state) not in seen
+                and step(state, ops[e])[0]):
+            return e
         e = nxt[e]
     return head_next
 
