@@ -304,7 +304,7 @@ class Rig:
             seq = 0
             while True:
                 gid = rng.choice(self.loaded)
-                key = f"{gid[:8]}/k{rng.randrange(self.cfg.keys)}"
+                key = f"{gid}/k{rng.randrange(self.cfg.keys)}"
                 roll = rng.random()
                 dest = rng.choice(self.nodes).uuid
                 if read is not None and roll < 0.25:
