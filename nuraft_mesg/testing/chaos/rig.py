@@ -457,9 +457,15 @@ class Rig:
         await trio.sleep(hold)
 
     async def nemesis_kill(self, fault: Fault, hold: float) -> None:
-        node = self.rng.choice(self.live())
-        fault.detail = f"kill -9 {node.name}, down {hold:.1f}s"
-        await self.kill(node)
+        """kill -9 one node (half the time), a majority or every node at once (what an
+        acknowledgement before the store has the write cannot survive)."""
+        live = self.live()
+        roll = self.rng.random()
+        count = 1 if roll < 0.5 else len(live) // 2 + 1 if roll < 0.75 else len(live)
+        victims = self.rng.sample(live, min(count, len(live)))
+        fault.detail = f"kill -9 {[n.name for n in victims]}, down {hold:.1f}s"
+        for node in victims:
+            await self.kill(node)
         await trio.sleep(hold)
 
     async def nemesis_clock(self, fault: Fault, hold: float) -> None:
