@@ -53,15 +53,15 @@ async def _serve(control: Path, clock: JumpClock) -> None:
     while True:
         clock_file = control / "clock"
         try:
-            offset = float(clock_file.read_text() or 0)  # noqa: ASYNC240 - a tiny local file
+            offset = float(clock_file.read_text() or 0)
         except (OSError, ValueError):
             offset = 0.0
         if offset > clock.offset:
             clock.offset = offset
-        for cmd in sorted(control.glob("cmd-*")):
+        for cmd in sorted(control.glob("cmd-*")):  # noqa: ASYNC240 - a tiny local folder
             if cmd.suffix == ".done":
                 continue
-            words = cmd.read_text().split()  # noqa: ASYNC240
+            words = cmd.read_text().split()
             outcome = "unknown command"
             if len(words) == 2 and words[0] == "leave" and _managers:
                 try:
@@ -70,7 +70,7 @@ async def _serve(control: Path, clock: JumpClock) -> None:
                 except Exception as exc:  # reported to the rig, which judges it
                     outcome = f"error {exc!r}"
             cmd.rename(cmd.with_name(cmd.name + ".done"))
-            cmd.with_name(cmd.name + ".done").write_text(outcome)  # noqa: ASYNC240
+            cmd.with_name(cmd.name + ".done").write_text(outcome)
         await trio.sleep(0.05)
 
 
@@ -99,4 +99,4 @@ def install(control_dir: str) -> None:
         return real_run(main, **kwargs)
 
     Manager.__aenter__ = aenter  # type: ignore[method-assign]
-    trio.run = run
+    trio.run = run  # type: ignore[assignment]

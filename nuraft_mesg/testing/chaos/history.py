@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-__all__ = ["Event", "History", "Op", "load"]
+__all__ = ["Event", "History", "Kind", "Op", "Type", "load"]
 
 Kind = Literal["put", "get", "del"]
 Type = Literal["invoke", "ok", "fail", "info"]

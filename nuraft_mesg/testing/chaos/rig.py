@@ -17,6 +17,7 @@ keeps its directory (history, seed, node logs) and says how to replay it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import trio
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.testing.chaos import checks
-from nuraft_mesg.testing.chaos.history import History, Op
+from nuraft_mesg.testing.chaos.history import History, Kind, Op, Type
 from nuraft_mesg.testing.chaos.net import NODE_PORT, Net, NetUnavailable, probe
 from nuraft_mesg.testing.chaos.proxy import DelayProxy
 
@@ -234,9 +235,10 @@ class Rig:
                 stdin=subprocess.DEVNULL, env=env)
         node.paused = False
 
-    async def wait_ready(self, node: Node, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not node.ready_file.exists():  # noqa: ASYNC240 - polled across processes
+    async def wait_ready(self, node: Node, within: float) -> bool:
+        """Until the node wrote its ready file (polled: no event crosses processes)."""
+        with trio.move_on_after(within):
+            while not node.ready_file.exists():
                 if node.proc is None or node.proc.poll() is not None:
                     return False
                 await trio.sleep(0.1)
@@ -311,23 +313,24 @@ class Rig:
                     await self.one_read(client, read, cid, gid, key, dest)
                 else:
                     seq += 1
-                    kind = "del" if roll > 0.92 else "put"
+                    kind: Kind = "del" if roll > 0.92 else "put"
                     value = f"c{cid}.{seq}" if kind == "put" else None
                     op = self.history.invoke(cid, kind, key, value, self.now())
-                    outcome = "info"
+                    outcome: Type = "info"
                     with trio.move_on_after(5.0):
                         try:
                             await client.append_entries(gid, [checks.encode(op)], dest)
                             outcome = "ok"
                         except RaftError:
                             pass
-                    self.history.complete(op, outcome, self.now())  # type: ignore[arg-type]
+                    self.history.complete(op, outcome, self.now())
                 await trio.sleep(rng.uniform(0.01, 0.08))
 
     async def one_read(self, client: ExternalClient, read: Any, cid: int, gid: str, key: str,
                        dest: str) -> None:
         op = self.history.invoke(cid, "get", key, None, self.now())
-        outcome, value = "info", None
+        outcome: Type = "info"
+        value: str | None = None
         with trio.move_on_after(5.0):
             try:
                 raw: bytes = await read(gid, f"get {key.split('/', 1)[1]}".encode(), dest)
@@ -335,7 +338,7 @@ class Rig:
                 value = raw[1:].decode() if raw.startswith(b"=") else None
             except RaftError:
                 pass
-        self.history.complete(op, outcome, self.now(), value)  # type: ignore[arg-type]
+        self.history.complete(op, outcome, self.now(), value)
 
     # -- nemeses -------------------------------------------------------------------------------
     def live(self) -> list[Node]:
@@ -474,7 +477,7 @@ class Rig:
         node.clock_offset += jump
         fault.detail = f"{node.name}'s clock +{jump:.1f}s"
         tmp = node.ctl_dir / "clock.tmp"
-        tmp.write_text(repr(node.clock_offset))  # noqa: ASYNC240 - a tiny local file
+        tmp.write_text(repr(node.clock_offset))
         tmp.replace(node.ctl_dir / "clock")
         await trio.sleep(hold)
 
@@ -511,12 +514,12 @@ class Rig:
         fault.detail = f"group {gid[:8]} stopped on its leader {node.name} (term {term})"
         node.cmds += 1
         cmd = node.ctl_dir / f"cmd-{node.cmds:04d}"
-        cmd.write_text(f"leave {gid}\n")  # noqa: ASYNC240 - a tiny local file
+        cmd.write_text(f"leave {gid}\n")
         done = cmd.with_name(cmd.name + ".done")
         with trio.move_on_after(10):
-            while not done.exists():  # noqa: ASYNC240 - polled across processes
+            for _ in iter(done.exists, True):  # polled: no event crosses processes
                 await trio.sleep(0.05)
-        outcome = done.read_text() if done.exists() else "no answer"  # noqa: ASYNC240
+        outcome = done.read_text() if done.exists() else "no answer"
         if outcome != "ok":
             self.notes.append(f"leave {gid[:8]} on {node.name}: {outcome}")
             return
@@ -681,7 +684,7 @@ class Rig:
         windows = [(f.start, f.end, f.kind) for f in self.faults]
         for ts in times.values():
             ts.sort()
-            for a, b in zip(ts, ts[1:], strict=False):
+            for a, b in itertools.pairwise(ts):
                 gap = b - a
                 hit = [k for s, e, k in windows if a < e and b > s]
                 for k in hit or ["(no fault)"]:
