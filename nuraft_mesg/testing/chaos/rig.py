@@ -182,10 +182,12 @@ class Rig:
         self.groups = [str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
                        for _ in range(cfg.groups)]
         self.loaded = self.groups[: cfg.loaded_groups]
-        if probe() == "":
+        why = probe() or ("NURAFT_CHAOS_LOOPBACK is set" if os.environ.get(
+            "NURAFT_CHAOS_LOOPBACK") else "")
+        if not why:
             self.net = Net(cfg.nodes, tag, subnet=(77, os.getpid() % 200 + 20))
         else:
-            self.notes.append(f"loopback only ({probe()}): network and disk faults disabled")
+            self.notes.append(f"loopback only ({why}): network and disk faults disabled")
         self.nodes: list[Node] = []
         for i in range(cfg.nodes):
             host = self.net.ip(i) if self.net else "127.0.0.1"
