@@ -37,9 +37,9 @@ from typing import Any
 
 import trio
 
+import nuraft_mesg.testing.chaos.checks as checks
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
-from nuraft_mesg.testing.chaos import checks
 from nuraft_mesg.testing.chaos.history import History, Kind, Op, Type
 from nuraft_mesg.testing.chaos.net import NODE_PORT, Net, NetUnavailable, probe
 from nuraft_mesg.testing.chaos.proxy import DelayProxy
