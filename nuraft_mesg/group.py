@@ -460,6 +460,7 @@ class RaftGroup(GroupTimers):
         except Exception as exc:
             self.failed = exc
             self.log.error("group stopped by an error: %r", exc, exc_info=True)
+            self.resign()
             try:
                 self.state_mgr.system_exit(exc)
             except Exception:
@@ -488,6 +489,18 @@ class RaftGroup(GroupTimers):
                 item.applied.fail(RaftTimeout(
                     f"{where} not applied within {self._apply_timeout:g}s (they may still "
                     "commit)"))
+
+    def resign(self) -> None:
+        """This group stops for good while the node stays up (``leave_group``, an error): a
+        leader hands over to its most caught-up voter (:meth:`RaftNode.resignation`), so
+        that its followers, quiet ones included, elect a new leader at once."""
+        try:
+            takeover = self.core.resignation()
+            if takeover is not None:
+                self.log.info("stopping as leader: server %d takes over", takeover.dest)
+                self._send_request(takeover)
+        except Exception:  # best effort: the election timeouts remain
+            self.log.exception("resignation failed")
 
     async def wait_stopped(self) -> None:
         await self._stopped_event.wait()
