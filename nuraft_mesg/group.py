@@ -56,6 +56,7 @@ from nuraft_mesg.errors import (
     Failed,
     RaftError,
     RaftTimeout,
+    ResultUnknown,
     StorageError,
     TermMismatch,
 )
@@ -459,6 +460,7 @@ class RaftGroup(GroupTimers):
         except Exception as exc:
             self.failed = exc
             self.log.error("group stopped by an error: %r", exc, exc_info=True)
+            self.resign()
             try:
                 self.state_mgr.system_exit(exc)
             except Exception:
@@ -487,6 +489,18 @@ class RaftGroup(GroupTimers):
                 item.applied.fail(RaftTimeout(
                     f"{where} not applied within {self._apply_timeout:g}s (they may still "
                     "commit)"))
+
+    def resign(self) -> None:
+        """This group stops for good while the node stays up (``leave_group``, an error): a
+        leader hands over to its most caught-up voter (:meth:`RaftNode.resignation`), so
+        that its followers, quiet ones included, elect a new leader at once."""
+        try:
+            takeover = self.core.resignation()
+            if takeover is not None:
+                self.log.info("stopping as leader: server %d takes over", takeover.dest)
+                self._send_request(takeover)
+        except Exception:  # best effort: the election timeouts remain
+            self.log.exception("resignation failed")
 
     async def wait_stopped(self) -> None:
         await self._stopped_event.wait()
@@ -648,8 +662,9 @@ class RaftGroup(GroupTimers):
     def _settle_snapshotted_waiters(self, meta: SnapshotMeta) -> None:
         """Entries up to ``meta.last_index`` will not be applied one by one here.  If the
         snapshot ends in a waiter's term, its entries are in it (the leader of that term
-        created both, and a leader never rewrites its log); their results are unknown (empty).
-        Otherwise this node cannot tell whether they survived."""
+        created both, and a leader never rewrites its log): committed, with results this node
+        never computed (:class:`ResultUnknown`, never invented empty results).  Otherwise
+        this node cannot tell whether they survived (:class:`Cancelled`)."""
         for index in sorted(i for i in self._apply_waiters if i <= meta.last_index):
             w = self._apply_waiters.pop(index, None)
             if w is None:
@@ -657,12 +672,12 @@ class RaftGroup(GroupTimers):
             if w.term != meta.last_term:
                 w.slot.fail(Cancelled(f"entries {w.first}..{w.last} arrived in a snapshot; "
                                       "their outcome is unknown here"))
-                for i in range(index + 1, w.last + 1):
-                    self._apply_waiters.pop(i, None)
-                continue
-            w.results.append(b"")
-            if index == w.last:
-                w.slot.set(w.results)
+            else:
+                w.slot.fail(ResultUnknown(f"entries {w.first}..{w.last} are committed (in "
+                                          f"snapshot {meta.last_index}/{meta.last_term}) but "
+                                          "their results were not computed on this node"))
+            for i in range(index + 1, w.last + 1):
+                self._apply_waiters.pop(i, None)
 
     def _dispatch(self, messages: list[Message]) -> None:
         for m in messages:

@@ -441,6 +441,7 @@ class Manager:
             self.log.debug("leave_group(%s): not hosted", group_id)
             return
         scope = self._group_scopes.get(group_id)
+        group.resign()
         if scope is not None:
             scope.cancel()
         with trio.CancelScope(shield=True):

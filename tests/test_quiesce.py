@@ -209,6 +209,32 @@ async def test_quiet_leader_partitioned_fails_over_via_pings(
         check_invariants(c)
 
 
+async def test_quiet_group_whose_leader_group_stops_on_a_live_node_fails_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The liveness hole found by the chaos rig (issue J): the leader's *group* stops
+    (leave_group; a storage error takes the same path) while its node stays up, so the
+    followers' pings to that node keep succeeding.  Before the fix the quiet group stayed
+    leaderless until traffic woke it; the stopping leader now hands over (a takeover)."""
+    async with SimCluster.open(3, seed=29) as c:
+        gids = await _quiet_cluster(c, 3)
+        gid, others = gids[0], gids[1:]
+        old = c.leader(gid)
+        assert old is not None
+        term = _group(old, gid).core.term
+        start = trio.current_time()
+        await old.mgr.leave_group(gid)
+        assert await c.wait_until(
+            lambda: (n := c.leader(gid)) is not None and n is not old, timeout=10, poll=0.001)
+        took = trio.current_time() - start
+        new = c.leader(gid)
+        assert new is not None and _group(new, gid).core.term > term
+        assert took < LOWER  # handed over at once, not found by an election timeout
+        # The node stayed up: its other groups still rest, quiet, on it.
+        assert all(c.leader(g) is old and _group(old, g).quiet for g in others)
+        check_invariants(c)
+
+
 @pytest.mark.parametrize("down_for", [0.0, 1.0])
 async def test_restarted_leader_node_quiet_groups_recover(
     down_for: float, autojump_clock: trio.testing.MockClock

@@ -10,6 +10,9 @@
     python3 tools/dev.py matrix [--full]         the wheel smoke on Python 3.11, 3.12 and 3.13;
                                                  --full: also the whole suite on each version
     python3 tools/dev.py lock                    regenerate constraints.txt (see below)
+    python3 tools/dev.py chaos [--nodes 3|5] [--minutes M] [--seed S] [--groups N] [...]
+                                                 the fault-injection rig on real processes in
+                                                 network namespaces (root; docs/chaos.md)
 
 Every command first makes sure ``.venv`` (in the repository root) exists and holds the project
 installed editable with its ``dev`` and ``docs`` extras, at the versions of ``constraints.txt``
@@ -208,6 +211,12 @@ def cmd_bench(args: list[str]) -> int:
                [PYTHON, ROOT / "benchmarks" / "run.py", *args])
 
 
+def cmd_chaos(args: list[str]) -> int:
+    """One run of the chaos rig (nuraft_mesg/testing/chaos), niced: it is CPU-hungry."""
+    return run(" ".join(["chaos", *args]),
+               ["nice", PYTHON, "-m", "nuraft_mesg.testing.chaos", *args])
+
+
 def cmd_docs(args: list[str]) -> int:
     """The docs site, strictly: a broken link or an unresolved API reference fails."""
     os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # material's banner is not a warning
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "docs": cmd_docs,
         "matrix": cmd_matrix,
         "lock": cmd_lock,
+        "chaos": cmd_chaos,
     }
     handler = commands.get(command)
     if handler is None:

@@ -1503,24 +1503,35 @@ class RaftNode:
     def _leader_removed(self) -> None:
         """Our own removal committed: hand over to the most caught-up voter that may lead
         (priority > 0) and step down."""
+        takeover = self.resignation()
+        if takeover is not None:
+            self._send(takeover)
+        self._become_follower(self.term, NO_LEADER)
+        self._mark_removed()
+
+    def resignation(self) -> Message | None:
+        """The LEADERSHIP_TAKEOVER for the most caught-up voter that may lead (priority > 0),
+        or None (not leading, no such voter).  Sent by a leader that is removed, and by the
+        runtime for a leader whose group stops for good while its node stays up: otherwise
+        the followers of a quiet group, whose pings to that node still succeed, would wait
+        for traffic to notice.  Only liveness: the target still has to win a vote."""
+        if self.role != Role.LEADER:
+            return None
         eligible = {s.id for s in self.config.servers if not s.learner and s.priority > 0}
         best = max(
-            (p for p in self.progress if p in eligible),
+            (p for p in self.progress if p in eligible and p != self.id),
             key=lambda p: (self.progress[p].match, -p),
             default=None,
         )
-        if best is not None:
-            self._send(
-                Message(
-                    MsgType.CUSTOM_NOTIFICATION_REQUEST,
-                    self.term,
-                    self.id,
-                    best,
-                    entries=(_notification(self.term, NotificationType.LEADERSHIP_TAKEOVER),),
-                )
-            )
-        self._become_follower(self.term, NO_LEADER)
-        self._mark_removed()
+        if best is None:
+            return None
+        return Message(
+            MsgType.CUSTOM_NOTIFICATION_REQUEST,
+            self.term,
+            self.id,
+            best,
+            entries=(_notification(self.term, NotificationType.LEADERSHIP_TAKEOVER),),
+        )
 
     def _mark_removed(self) -> None:
         if self.removed:
