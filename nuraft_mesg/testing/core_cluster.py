@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from nuraft_mesg.raft.node import Proposal, RaftNode, Role
 from nuraft_mesg.raft.params import RaftParams
-from nuraft_mesg.raft.ready import Event, ReadFailure, Ready, ReadState, SnapshotChunk
+from nuraft_mesg.raft.ready import Event, ReadFailure, ReadState, Ready, SnapshotChunk
 from nuraft_mesg.raft.snapshot import decode_snapshot_reply
 from nuraft_mesg.raft.types import (
     ClusterConfig,

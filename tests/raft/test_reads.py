@@ -1,0 +1,357 @@
+"""Read index, follower reads and leases in the sans-IO core (Raft thesis §6.4).
+
+One rule per test: a read waits for the leader's own-term commit; one quorum-acknowledged
+heartbeat round serves every read queued before it started, and a read queued while it is in
+flight waits for the next; a deposed (partitioned) leader never completes a read; a follower
+read carries the leader's index and is served only once applied there; a lease serves without
+a round only while it holds, and is refused when lease reads are off or cannot be safe.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nuraft_mesg.errors import BadRequest, Cancelled, NotLeader, RaftTimeout
+from nuraft_mesg.raft.node import RaftNode
+from nuraft_mesg.raft.params import RaftParams
+from nuraft_mesg.raft.ready import ReadFailure, ReadState
+from nuraft_mesg.raft.types import Message, MsgType
+from nuraft_mesg.testing.core_cluster import CoreCluster
+
+from .helpers import (
+    Out,
+    ack_all,
+    append_resp,
+    cluster,
+    config,
+    deliver_matching,
+    deliver_only,
+    drain,
+    elect,
+    node,
+    params,
+)
+
+AE_REQ = MsgType.APPEND_ENTRIES_REQUEST
+RI_REQ = MsgType.READ_INDEX_REQUEST
+RI_RESP = MsgType.READ_INDEX_RESPONSE
+
+
+def _reads(out: Out) -> list[ReadState]:
+    return [s for rd in out.readies for s in rd.read_states]
+
+
+def _failures(out: Out) -> list[ReadFailure]:
+    return [f for rd in out.readies for f in rd.read_failures]
+
+
+def _leader(prm: RaftParams | None = None) -> RaftNode:
+    """Node 1, leader of {1, 2, 3}, its no-op committed (acknowledged by 2 and 3)."""
+    n = node(1, prm=prm)
+    elect(n)
+    ack_all(n, [2, 3])
+    assert n.log.term_at(n.commit) == n.term
+    return n
+
+
+def _ack(n: RaftNode, peer: int, hb: Message) -> Out:
+    """``peer`` answers the append ``hb`` (echoing its read round)."""
+    n.step(append_resp(n.term, peer, n.id, next_index=hb.last_log_index + len(hb.entries) + 1,
+                       read_id=hb.read_id))
+    return drain(n)
+
+
+# -- the leader ---------------------------------------------------------------------------
+def test_no_read_before_an_entry_of_the_leaders_term_commits() -> None:
+    n = node(1)
+    won = elect(n)
+    noop = n.log.last_index
+    assert n.commit < noop
+    n.read_index(7)
+    out = drain(n)
+    assert _reads(out) == [] and out.of_type(AE_REQ) == []  # no round yet
+    # A quorum answering the no-op's appends (round 0: no read round started) commits it;
+    # only then does the read's round start, and only its acknowledgement releases the read.
+    (first,) = won.of_type(AE_REQ, dest=2)
+    out = _ack(n, 2, first)
+    assert n.commit == noop and _reads(out) == []
+    (hb,) = out.of_type(AE_REQ, dest=2)
+    assert hb.read_id > first.read_id
+    out = _ack(n, 2, hb)
+    assert _reads(out) == [ReadState(7, noop)]
+
+
+def test_one_round_serves_every_read_queued_before_it() -> None:
+    n = _leader()
+    index = n.commit
+    for ctx in (1, 2, 3):
+        n.read_index(ctx)
+    out = drain(n)
+    rounds = {m.read_id for m in out.of_type(AE_REQ)}
+    assert len(out.of_type(AE_REQ, dest=2)) == len(out.of_type(AE_REQ, dest=3)) == 1
+    assert len(rounds) == 1
+    # A read queued while the round is in flight waits for the next one.
+    n.read_index(4)
+    assert drain(n).messages == []
+    (hb,) = out.of_type(AE_REQ, dest=3)
+    out = _ack(n, 3, hb)  # with the leader: a quorum of {1, 2, 3}
+    assert _reads(out) == [ReadState(1, index), ReadState(2, index), ReadState(3, index)]
+    (nxt,) = out.of_type(AE_REQ, dest=2)  # read 4's round starts at once
+    assert nxt.read_id == hb.read_id + 1
+    assert _reads(_ack(n, 2, nxt)) == [ReadState(4, index)]
+
+
+def test_the_read_index_is_the_commit_index_when_the_round_starts() -> None:
+    """A write committed after the round began is not needed by the read (it did not
+    complete before the read started), and one committed before is covered."""
+    n = _leader()
+    n.propose([b"w1"])
+    drain(n)
+    ack_all(n, [2])
+    committed = n.commit
+    n.read_index(1)
+    out = drain(n)
+    (hb,) = out.of_type(AE_REQ, dest=2)
+    n.propose([b"w2"])
+    drain(n)
+    out = _ack(n, 2, hb)
+    assert _reads(out) == [ReadState(1, committed)]
+
+
+def test_acknowledgements_of_an_older_round_do_not_confirm_a_newer_one() -> None:
+    n = _leader()
+    n.heartbeat_timeout()
+    old = drain(n).of_type(AE_REQ, dest=2)[0]
+    n.read_index(1)
+    out = drain(n)
+    (hb,) = out.of_type(AE_REQ, dest=2)
+    assert hb.read_id > old.read_id
+    assert _reads(_ack(n, 2, old)) == []
+    # A refusal in our term (log mismatch) still shows the follower follows us.
+    n.step(append_resp(n.term, 3, 1, next_index=1, accepted=False, read_id=hb.read_id))
+    assert _reads(drain(n)) == [ReadState(1, n.commit)]
+
+
+def test_an_echo_of_a_round_never_started_is_ignored() -> None:
+    n = _leader()
+    n.read_index(1)
+    drain(n)
+    n.step(append_resp(n.term, 2, 1, next_index=n.log.last_index + 1, read_id=10**6))
+    assert _reads(drain(n)) == []
+
+
+def test_a_group_of_one_reads_without_messages() -> None:
+    n = node(1, config([1]))
+    elect(n)
+    drain(n)
+    n.read_index(9)
+    out = drain(n)
+    assert _reads(out) == [ReadState(9, n.commit)] and out.messages == []
+
+
+def test_a_deposed_partitioned_leader_never_completes_a_read() -> None:
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    c.partition([1], [2, 3])
+    c.read(1, 5)
+    c.deliver_all()
+    c.election_timeout(3)  # 3 stops hearing from 1 (and then grants 2 its vote)
+    c.deliver_all()
+    c.elect(2)
+    c.propose(2, b"after")
+    c.stabilize()
+    for _ in range(5):
+        c.heartbeat(1)  # its rounds reach nobody
+        c.deliver_all()
+    assert c.nodes[1].read_states == []
+    c.heal()
+    c.heartbeat(1)
+    c.deliver_all()  # the answers carry term 2: node 1 steps down
+    assert not c.core(1).is_leader
+    assert c.nodes[1].read_states == []
+    # Failed, typed: it timed out waiting for a quorum, or the leader stepped down.
+    (failure,) = c.nodes[1].read_failures
+    assert failure.ctx == 5 and isinstance(failure.error, NotLeader | RaftTimeout)
+
+
+def test_a_leader_that_loses_its_quorum_fails_reads_when_check_quorum_steps_it_down() -> None:
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    c.isolate(1)
+    c.read(1, 5)
+    for _ in range(c.params.leadership_expiry_ticks + 1):
+        c.heartbeat(1)
+        c.deliver_all()
+    assert not c.core(1).is_leader
+    assert [f.ctx for f in c.nodes[1].read_failures] == [5]
+    assert c.nodes[1].read_states == []
+
+
+def test_without_check_quorum_an_unconfirmed_read_times_out() -> None:
+    c = cluster(params=params(leadership_expiry_ms=-1))
+    c.elect(1)
+    c.stabilize()
+    c.isolate(1)
+    c.read(1, 5)
+    for _ in range(c.params.read_timeout_ticks):
+        c.heartbeat(1)
+        c.deliver_all()
+    assert c.core(1).is_leader  # it does not know it is cut off
+    (failure,) = c.nodes[1].read_failures
+    assert isinstance(failure.error, RaftTimeout) and c.nodes[1].read_states == []
+
+
+# -- followers ---------------------------------------------------------------------------
+def test_a_follower_read_carries_the_leaders_index_and_waits_to_apply_it() -> None:
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    # Node 3 misses the write's appends (and the commit that follows).
+    c.propose(1, b"w")
+    deliver_only(c, lambda m: m.dest != 3 or m.type != AE_REQ)
+    write = c.core(1).commit
+    assert c.applied_index(3) < write <= c.applied_index(1)
+    c.read(3, 8)
+    deliver_only(c, lambda m: m.dest != 3 or m.type != AE_REQ)
+    (state,) = c.nodes[3].read_states
+    assert state == ReadState(8, write)
+    assert c.applied_index(3) < state.index  # the runtime must wait before serving
+    c.stabilize()
+    assert c.applied_index(3) >= state.index
+
+
+def test_follower_reads_are_forwarded_in_batches() -> None:
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    c.core(2).read_index(1)
+    c.core(2).read_index(2)
+    c.read(2, 3)
+    forwards = [m for m in c.bag if m.type == RI_REQ]
+    assert len(forwards) == 1 and forwards[0].dest == 1
+    c.deliver_all()
+    assert [s.ctx for s in c.nodes[2].read_states] == [1, 2, 3]
+
+
+def test_a_follower_without_a_leader_refuses_at_once() -> None:
+    n = node(2)
+    with pytest.raises(NotLeader):
+        n.read_index(1)
+
+
+def test_a_removed_member_refuses_reads() -> None:
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    c.do(1, lambda core: core.remove_server(3))
+    c.stabilize()
+    assert c.core(3).removed
+    with pytest.raises(Cancelled):
+        c.read(3, 1)
+
+
+def test_a_follower_read_fails_when_its_leader_steps_down() -> None:
+    c = cluster(params=params(leadership_expiry_ms=-1))
+    c.elect(1)
+    c.stabilize()
+    c.read(2, 4)
+    deliver_matching(c, lambda m: m.type == RI_REQ)  # queued on the leader
+    c.bag.clear()  # the round's heartbeats are lost
+    c.elect(3)  # node 1 steps down: it refuses the forwarded read
+    c.deliver_all()
+    assert c.nodes[2].read_states == []
+    (failure,) = c.nodes[2].read_failures
+    assert failure.ctx == 4 and isinstance(failure.error, NotLeader)
+
+
+def test_a_leader_refuses_read_index_when_it_does_not_lead() -> None:
+    n = node(2)
+    n.step(Message(RI_REQ, 0, 1, 2, read_id=3))
+    (resp,) = [m for m in drain(n).messages if m.type == RI_RESP]
+    assert not resp.accepted and resp.read_id == 3
+
+
+# -- leases ------------------------------------------------------------------------------
+LEASE = params(lease_reads=True)
+
+
+def _lease_cluster() -> CoreCluster:
+    c = cluster(params=LEASE)
+    c.elect(1)
+    c.now = 10.0
+    c.stabilize()  # a tick round at t=10, acknowledged by everyone
+    return c
+
+
+def test_a_lease_serves_without_a_round_while_it_holds() -> None:
+    c = _lease_cluster()
+    c.now = 10.0 + LEASE.lease_duration_s * 0.9
+    c.bag.clear()
+    c.read(1, 1, lease=True)
+    assert [s.ctx for s in c.nodes[1].read_states] == [1]
+    assert c.bag == []  # no message at all
+
+
+def test_an_expired_lease_falls_back_to_a_round() -> None:
+    c = _lease_cluster()
+    c.now = 10.0 + LEASE.lease_duration_s + 0.001
+    c.bag.clear()
+    c.read(1, 1, lease=True)
+    assert c.nodes[1].read_states == []
+    assert {m.dest for m in c.bag if m.type == AE_REQ} == {2, 3}
+    c.deliver_all()
+    assert [s.ctx for s in c.nodes[1].read_states] == [1]
+    # That round renewed the lease from its start.
+    c.now += LEASE.lease_duration_s * 0.5
+    c.read(1, 2, lease=True)
+    assert [s.ctx for s in c.nodes[1].read_states] == [1, 2]
+
+
+def test_the_lease_runs_from_the_round_start_not_its_acknowledgement() -> None:
+    c = cluster(params=LEASE)
+    c.elect(1)
+    c.stabilize()
+    c.now = 100.0
+    c.heartbeat(1)  # the round starts at t=100
+    c.now = 100.0 + LEASE.lease_duration_s + 0.001  # ... and its answers arrive later
+    c.deliver_all()
+    assert not c.core(1).lease_valid(c.now)
+    assert c.core(1).lease_valid(100.0 + LEASE.lease_duration_s * 0.99)
+
+
+def test_a_lease_is_refused_when_lease_reads_are_off_or_check_quorum_is() -> None:
+    with pytest.raises(ValueError, match="check-quorum"):
+        RaftParams(lease_reads=True, leadership_expiry_ms=-1)
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    with pytest.raises(BadRequest):
+        c.read(1, 1, lease=True)
+    with pytest.raises(BadRequest):
+        _lease_cluster().core(1).read_index(1, lease=True)  # no time given
+
+
+def test_a_leader_that_offered_its_leadership_has_no_lease() -> None:
+    c = _lease_cluster()
+    c.now = 10.0 + LEASE.lease_duration_s * 0.5
+    assert c.core(1).lease_valid(c.now)
+    c.do(1, lambda core: core.yield_leadership(2))
+    assert not c.core(1).lease_valid(c.now)
+    c.bag.clear()
+    c.read(1, 1, lease=True)
+    assert c.nodes[1].read_states == []  # it needs a round
+
+
+def test_no_lease_before_an_entry_of_the_leaders_term_commits() -> None:
+    n = node(1, prm=LEASE)
+    elect(n)
+    n.heartbeat_timeout(1.0)
+    out = drain(n)
+    for hb in out.of_type(AE_REQ):
+        n.step(append_resp(n.term, hb.dest, 1, next_index=1, accepted=False,
+                           read_id=hb.read_id))  # leadership confirmed, no-op not yet held
+    drain(n)
+    assert n.commit == 0
+    assert not n.lease_valid(1.0)
