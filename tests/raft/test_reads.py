@@ -9,14 +9,19 @@ a round only while it holds, and is refused when lease reads are off or cannot b
 
 from __future__ import annotations
 
-import pytest
+import sys
 
-from nuraft_mesg.errors import BadRequest, Cancelled, NotLeader, RaftTimeout
+import pytest
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, precondition, rule, run_state_machine_as_test
+
+from nuraft_mesg.errors import BadRequest, Cancelled, NotLeader, RaftError, RaftTimeout
 from nuraft_mesg.raft.node import RaftNode
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.ready import ReadFailure, ReadState
 from nuraft_mesg.raft.types import Message, MsgType
-from nuraft_mesg.testing.core_cluster import CoreCluster
+from nuraft_mesg.testing.core_cluster import CoreCluster, SafetyViolation
 
 from .helpers import (
     Out,
@@ -31,6 +36,7 @@ from .helpers import (
     node,
     params,
 )
+from .test_property import LIVENESS_ROUNDS, STEPS, RaftMachine, _bucket, _pick
 
 AE_REQ = MsgType.APPEND_ENTRIES_REQUEST
 RI_REQ = MsgType.READ_INDEX_REQUEST
@@ -355,3 +361,139 @@ def test_no_lease_before_an_entry_of_the_leaders_term_commits() -> None:
     drain(n)
     assert n.commit == 0
     assert not n.lease_valid(1.0)
+
+
+# -- property: reads never go back in time ---------------------------------------------------
+class ReadMachine(RaftMachine):
+    """:class:`RaftMachine`'s faults (reordering, loss, duplication, partitions, crashes,
+    membership changes, leadership transfers) plus reads issued on any node at any time.
+
+    Invariant: a read released with index ``i`` started when no index above ``i`` was
+    committed anywhere in the cluster -- so the state it is served from (applied >= ``i``)
+    holds every write that completed before it began.  Sequential steps are the real-time
+    order.  Failures must be typed; teardown checks that reads complete on a healed cluster.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_ctx = 0
+        self.read_bound: dict[int, tuple[int, int]] = {}  # ctx -> (node, committed at start)
+        self.cursors: dict[int, tuple[RaftNode, int, int]] = {}
+        self.released = 0
+        self.failed = 0
+
+    def _committed_max(self) -> int:
+        self.h.record_commits()
+        return max(self.h.committed, default=0)
+
+    @rule(k=st.integers(0, 6), count=st.integers(1, 3))
+    def read(self, k: int, count: int) -> None:
+        alive = self.alive()
+        if alive:
+            self._read(_pick(alive, k), count)
+
+    @precondition(lambda self: bool(self.c.leaders()))
+    @rule(k=st.integers(0, 6), count=st.integers(1, 3), steps=st.integers(0, 30))
+    def read_on_leader_then_calm(self, k: int, count: int, steps: int) -> None:
+        self._read(_pick(self.leaders(), k), count)
+        self.calm(steps)
+
+    @precondition(lambda self: bool(self.c.leaders()))
+    @rule(k=st.integers(0, 6), count=st.integers(1, 3), steps=st.integers(0, 30))
+    def read_on_follower_then_calm(self, k: int, count: int, steps: int) -> None:
+        followers = [i for i in self.alive() if not self.c.core(i).is_leader]
+        if followers:
+            self._read(_pick(followers, k), count)
+            self.calm(steps)
+
+    def _read(self, i: int, count: int) -> None:
+        for _ in range(count):
+            self.next_ctx += 1
+            bound = self._committed_max()
+            try:
+                self.c.read(i, self.next_ctx)
+            except RaftError as exc:
+                event(f"read refused: {type(exc).__name__}")
+                return
+            self.read_bound[self.next_ctx] = (i, bound)
+        self._cap_bag()
+
+    @invariant()
+    def reads_are_not_stale(self) -> None:
+        for i, n in self.c.nodes.items():
+            core = n.core
+            if core is None:
+                continue
+            seen_core, states, failures = self.cursors.get(i, (core, 0, 0))
+            if seen_core is not core:
+                states = failures = 0
+            for s in n.read_states[states:]:
+                node, bound = self.read_bound.pop(s.ctx)
+                if node != i or s.index < bound:
+                    self.c.checker.fail(f"stale read {s.ctx} on node {i} (issued on {node}): "
+                                        f"index {s.index} < {bound} committed at its start")
+                self.released += 1
+            for f in n.read_failures[failures:]:
+                assert isinstance(f.error, RaftError)
+                self.read_bound.pop(f.ctx)
+                self.failed += 1
+            self.cursors[i] = (core, len(n.read_states), len(n.read_failures))
+
+    def teardown(self) -> None:
+        if not self.ready or sys.exc_info()[1] is not None:
+            return
+        super().teardown()
+        event(f"reads released: {_bucket(self.released)}")
+        event(f"reads failed: {_bucket(self.failed)}")
+        # Liveness: on the healed cluster, a read on the leader and one on a follower complete.
+        for _ in range(LIVENESS_ROUNDS):
+            lead = self.c.leader()
+            if lead is None or not self.c.core(lead).is_leader:
+                self.c.wait_leader_liveness(max_rounds=LIVENESS_ROUNDS)
+                continue
+            members = self.c.core(lead).config
+            follower = next((j for j in self.alive() if j != lead and j in members), None)
+            targets = [lead] + ([follower] if follower is not None else [])
+            before = {j: len(self.c.nodes[j].read_states) for j in targets}
+            try:
+                for j in targets:
+                    self.next_ctx += 1
+                    self.read_bound[self.next_ctx] = (j, self._committed_max())
+                    self.c.read(j, self.next_ctx)
+            except RaftError:
+                continue
+            for _ in range(3):
+                self.c.heartbeat(lead)
+                self.c.deliver_all()
+            self.reads_are_not_stale()
+            if all(len(self.c.nodes[j].read_states) > before[j] for j in targets):
+                return
+        self.c.checker.fail("reads did not complete on a healed cluster")
+
+
+ReadMachine.TestCase.settings = settings(settings.default, stateful_step_count=STEPS)
+TestReadMachine = ReadMachine.TestCase
+
+
+class ServesWithoutRound(RaftNode):
+    """Planted bug: a leader serves every read at once at its commit index, with no round
+    (so a deposed leader that does not know it yet answers stale)."""
+
+    def read_index(self, ctx: int, *, lease: bool = False, now: float | None = None) -> None:
+        if self.is_leader:
+            self._read_states.append(ReadState(ctx, self.commit))
+            return
+        super().read_index(ctx, lease=lease, now=now)
+
+
+def test_the_read_property_catches_a_leader_that_skips_the_round() -> None:
+    class Broken(ReadMachine):
+        node_factory = ServesWithoutRound
+
+    with pytest.raises(SafetyViolation, match="stale read"):
+        run_state_machine_as_test(
+            Broken,
+            settings=settings(max_examples=300, stateful_step_count=STEPS, deadline=None,
+                              derandomize=True, database=None, phases=[Phase.generate],
+                              suppress_health_check=list(HealthCheck), print_blob=False),
+        )
