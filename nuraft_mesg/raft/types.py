@@ -67,6 +67,10 @@ class MsgType(enum.IntEnum):
     READ_INDEX_REQUEST = 101
     """A follower asks its leader for a read index (follower reads, Raft thesis §6.4)."""
     READ_INDEX_RESPONSE = 102
+    CLIENT_READ_REQUEST = 103
+    """An external client's read (one CUSTOM entry: a mode byte, then the query); served by
+    the receiving node's runtime, never by the core (see :mod:`nuraft_mesg.reads`)."""
+    CLIENT_READ_RESPONSE = 104
 
     @property
     def is_request(self) -> bool:
@@ -96,6 +100,7 @@ _RESPONSE_OF: dict[MsgType, MsgType] = {
     MsgType.RECONNECT_REQUEST: MsgType.RECONNECT_RESPONSE,
     MsgType.CUSTOM_NOTIFICATION_REQUEST: MsgType.CUSTOM_NOTIFICATION_RESPONSE,
     MsgType.READ_INDEX_REQUEST: MsgType.READ_INDEX_RESPONSE,
+    MsgType.CLIENT_READ_REQUEST: MsgType.CLIENT_READ_RESPONSE,
 }
 
 
