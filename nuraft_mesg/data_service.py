@@ -45,7 +45,7 @@ import enum
 import logging
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 import trio
 
@@ -55,20 +55,19 @@ from nuraft_mesg.errors import (
     ResultCode,
     ServerNotFound,
 )
-from nuraft_mesg.transport.base import DataRequest, Status, StepError, TransportError
+from nuraft_mesg.raft.node import RaftNode
+from nuraft_mesg.transport.base import DataRequest, Status, StepError, Transport, TransportError
 from nuraft_mesg.transport.throttle import LogThrottle
-
-if TYPE_CHECKING:
-    from nuraft_mesg.group import RaftGroup
-    from nuraft_mesg.manager import Manager
 
 __all__ = [
     "ALL",
     "ANY",
     "FOLLOWER",
     "LEADER",
+    "DataGroup",
     "DataService",
     "DataServiceHandler",
+    "DataServiceNode",
     "Destination",
     "RoleRegex",
 ]
@@ -112,6 +111,47 @@ _CODE_TO_STATUS: Final = {
 }
 
 
+class DataTimeouts(Protocol):
+    """The one setting the data service reads (a :class:`~nuraft_mesg.manager.ManagerConfig`)."""
+
+    @property
+    def data_request_timeout(self) -> float: ...
+
+
+class DataServiceNode(Protocol):
+    """What the data service needs of its node (the Manager): who it is, how to reach peers,
+    and the deadline of a call.  A protocol, so that this module does not import the Manager."""
+
+    @property
+    def server_uuid(self) -> str: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def config(self) -> DataTimeouts: ...
+
+
+class DataGroup(Protocol):
+    """What the data service reads of a group (a :class:`~nuraft_mesg.group.RaftGroup`) to
+    resolve a destination."""
+
+    @property
+    def group_id(self) -> str: ...
+
+    @property
+    def stopped(self) -> bool: ...
+
+    @property
+    def core(self) -> RaftNode: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader_id(self) -> str: ...
+
+
 _LogThrottle = LogThrottle
 """The shared throttle (:mod:`nuraft_mesg.transport.throttle`), under its former name."""
 
@@ -134,7 +174,7 @@ class DataService:
     :meth:`Manager.restart_server`.
     """
 
-    def __init__(self, manager: Manager, *, enabled: bool) -> None:
+    def __init__(self, manager: DataServiceNode, *, enabled: bool) -> None:
         self._manager = manager
         self.enabled = enabled
         self._bindings: dict[tuple[str, str], DataServiceHandler] = {}
@@ -193,7 +233,7 @@ class DataService:
         return result
 
     # -- client side -------------------------------------------------------------------------
-    def _targets(self, group: RaftGroup, dest: Destination, *, bidirectional: bool) -> list[str]:
+    def _targets(self, group: DataGroup, dest: Destination, *, bidirectional: bool) -> list[str]:
         """nuraft_mesg's ``get_peer_id``: the peer uuids ``dest`` stands for (see module doc)."""
         if group.stopped:
             raise ServerNotFound(f"group {group.group_id} is not running here")
@@ -238,7 +278,7 @@ class DataService:
             raise ServerNotFound("the data service is disabled on this node")
 
     async def _send(
-        self, group: RaftGroup, peer: str, name: str, payload: bytes, *, bidirectional: bool
+        self, group: DataGroup, peer: str, name: str, payload: bytes, *, bidirectional: bool
     ) -> bytes:
         request = DataRequest(group.group_id, name, payload, intended_addr=peer)
         mgr = self._manager
@@ -263,7 +303,7 @@ class DataService:
 
     async def unidirectional(
         self,
-        group: RaftGroup,
+        group: DataGroup,
         dest: Destination,
         name: str,
         payload: bytes | bytearray | memoryview | Sequence[bytes],
@@ -286,7 +326,7 @@ class DataService:
 
     async def bidirectional(
         self,
-        group: RaftGroup,
+        group: DataGroup,
         dest: Destination,
         name: str,
         payload: bytes | bytearray | memoryview | Sequence[bytes],

@@ -32,19 +32,22 @@ noticed by the Manager (node-level pings and ``peer_lost``), which calls :meth:`
 Heartbeat deadlines lie on a grid (multiples of the interval on trio's clock), so all leader
 groups heartbeat in the same loop turn and their heartbeats leave to each peer as one batch.
 docs/raft-core.md has the details.
+
+Around this module: :mod:`nuraft_mesg.group_timers` (deadlines and quiescing, a mixin of
+RaftGroup), :mod:`nuraft_mesg.group_inbox` (the inbox items and apply waiters),
+:mod:`nuraft_mesg.oneshot` (the slots callers wait on) and :mod:`nuraft_mesg.group_stats`
+(the rows and counters a group reports).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -56,7 +59,19 @@ from nuraft_mesg.errors import (
     StorageError,
     TermMismatch,
 )
-from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode, ReplState, Role
+from nuraft_mesg.group_inbox import (
+    TICK,
+    ApplyWaiter,
+    InboxCommand,
+    InboxItem,
+    InboxProposal,
+    InboxReply,
+    InboxRequest,
+)
+from nuraft_mesg.group_stats import GroupStatistics, PeerInfo, ReplicaConfig
+from nuraft_mesg.group_timers import GroupTimers
+from nuraft_mesg.oneshot import Callback, Slot
+from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode, Role
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.ready import (
     BecomeFollower,
@@ -67,7 +82,6 @@ from nuraft_mesg.raft.ready import (
     Ready,
     RemovedFromCluster,
     SnapshotRead,
-    TimerCommand,
 )
 from nuraft_mesg.raft.types import (
     ClusterConfig,
@@ -90,193 +104,12 @@ _CLIENT_TYPES = frozenset(
     {MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST, MsgType.REMOVE_SERVER_REQUEST}
 )
 _VOTE_TYPES = frozenset({MsgType.PRE_VOTE_REQUEST, MsgType.REQUEST_VOTE_REQUEST})
-_MAX_POSTPONED = 3
-"""Election timeouts a follower postpones in a row while its own process runs late."""
 _MAX_BATCH = 256
 """Inbox items handled before one Ready is drained: proposals from many callers arriving in
 the same loop turn share one storage write and one round of appends (group commit)."""
 
 
-class Slot(Generic[T]):
-    """A one-shot result that one task sets and others await.
-
-    Built on trio's low-level parking (the waiting tasks are rescheduled directly) rather
-    than on :class:`trio.Event`: every local write waits on one, and the Event's parking
-    lot and per-wait bookkeeping were a tenth of the leader's CPU on the write path.
-    """
-
-    __slots__ = ("_error", "_value", "_waiters", "done")
-
-    def __init__(self) -> None:
-        self.done = False
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._waiters: list[trio.lowlevel.Task] | None = None
-
-    def set(self, value: T) -> None:
-        if not self.done:
-            self._value = value
-            self._finish()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.done:
-            self._error = error
-            self._finish()
-
-    def _finish(self) -> None:
-        self.done = True
-        waiters, self._waiters = self._waiters, None
-        if waiters:
-            for task in waiters:
-                trio.lowlevel.reschedule(task)
-
-    async def wait(self) -> T:
-        if self.done:
-            await trio.lowlevel.checkpoint()
-        else:
-            task = trio.lowlevel.current_task()
-            waiters = self._waiters
-            if waiters is None:
-                waiters = self._waiters = []
-            waiters.append(task)
-
-            def abort(_: object) -> trio.lowlevel.Abort:
-                if self._waiters is not None:
-                    self._waiters.remove(task)
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
-
-
-class Callback(Generic[T]):
-    """A one-shot result handed to a function instead of awaited: requests taken by the
-    transport's fast path (``Manager.step_nowait``) have no task waiting for their answer.
-    ``fn`` is called once, in the group's task, with the value or the error; it must not
-    block."""
-
-    __slots__ = ("_fn", "done")
-
-    def __init__(self, fn: Callable[[T | RaftError], None]) -> None:
-        self._fn = fn
-        self.done = False
-
-    def set(self, value: T) -> None:
-        if not self.done:
-            self.done = True
-            self._fn(value)
-
-    def fail(self, error: RaftError) -> None:
-        if not self.done:
-            self.done = True
-            self._fn(error)
-
-
-@dataclass(slots=True)
-class _Request:
-    message: Message
-    reply: Slot[Message] | Callback[Message]
-    applied: Slot[list[bytes]] | None = None
-    """For an accepted client_request: its entries' apply results (see _answer)."""
-    quiesce: bool = False
-    """A heartbeat marked quiesce by its sender (and this group may go quiet)."""
-
-
-@dataclass(slots=True)
-class _Reply:
-    message: Message
-
-
-@dataclass(slots=True)
-class _Command:
-    fn: Callable[[RaftNode], object]
-    result: Slot[object]
-
-
-@dataclass(slots=True)
-class _Proposal:
-    """A local write: ``applied`` completes with the entries' results once applied here, or
-    fails (NotLeader, TermMismatch, ...); ``prop`` says where they landed once appended."""
-
-    data: list[bytes]
-    applied: Slot[list[bytes]] = field(default_factory=Slot)
-    prop: Proposal | None = None
-    deadline: float = math.inf
-    """When ``applied`` fails with RaftTimeout if still pending (the group's clock: one timer
-    for all writes instead of a cancel scope per write, which cost a third of the hot path)."""
-
-
-class _Tick:
-    """Inbox item from the node's timer task: a deadline of this group has passed."""
-
-    __slots__ = ()
-
-
-_TICK = _Tick()
-
-_Item = _Request | _Reply | _Command | _Proposal | _Tick
-
-
-@dataclass(slots=True, eq=False)  # hashed by identity: _fail_everyone collects them in a set
-class _ApplyWaiter:
-    """Waits until ``[first, last]`` are applied here with ``term``; collects results."""
-
-    term: int
-    first: int
-    last: int
-    results: list[bytes] = field(default_factory=list)
-    slot: Slot[list[bytes]] = field(default_factory=Slot)
-
-
-@dataclass(slots=True, frozen=True)
-class PeerInfo:
-    """One row of ``raft_status()`` (nuraft_mesg's ``peer_info``)."""
-
-    id: str
-    last_log_idx: int
-    last_succ_resp_us: int
-    priority: int
-    is_learner: bool
-    is_new_joiner: bool
-
-
-@dataclass(slots=True, frozen=True)
-class ReplicaConfig:
-    """One row of ``cluster_config()`` (nuraft_mesg's ``replica_config``)."""
-
-    peer_id: str
-    aux: str
-
-
-@dataclass(slots=True, frozen=True)
-class GroupStatistics:
-    """Counters of one group (nuraft_mesg's ``RAFTGroup`` metrics plus Raft state)."""
-
-    group_id: str
-    term: int
-    commit_index: int
-    last_log_index: int
-    applied_index: int
-    leader_id: str
-    is_leader: bool
-    leader_changes: int
-    """Times this node saw a new leader (itself included); a step-down alone is not one."""
-    messages_received: int
-    """Raft requests handled (nuraft_mesg's group_steps); replies are not counted."""
-    messages_sent: int
-    """Raft requests handed to the peer queues (nuraft_mesg's group_sends)."""
-    messages_dropped: int
-    append_latency_us_total: int
-    """Sum of AppendEntries handling times (nuraft_mesg's append_entries_latency_us)."""
-    append_requests: int
-    quiet: bool = False
-    """The group is quiet here: idle, with no heartbeat (leader) or election (follower)
-    timer running (see ``RaftParams.quiesce_after_ms``)."""
-
-
-class RaftGroup:
+class RaftGroup(GroupTimers):
     """The runtime of one group on one node.  Built and owned by a Manager."""
 
     def __init__(
@@ -347,17 +180,17 @@ class RaftGroup:
         self._endpoints: dict[int, str] = {}
         self._learn_endpoints(config)
         self._learn_endpoints(self.core.config)
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[_Item](inbox_size)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxItem](inbox_size)
         self._election_deadline = math.inf
         self._heartbeat_deadline = math.inf
         self._heartbeat_interval = params.heartbeat_interval_ms / 1000
-        self._pending_replies: deque[_Request] = deque()
+        self._pending_replies: deque[InboxRequest] = deque()
         self._apply_timeout = apply_timeout
         self._now = 0.0
         """trio's clock when the current batch of inbox items was taken (read once per batch)."""
-        self._expiries: deque[_Proposal] = deque()
+        self._expiries: deque[InboxProposal] = deque()
         """Proposals with a deadline, oldest first (deadlines only grow)."""
-        self._apply_waiters: dict[int, _ApplyWaiter] = {}
+        self._apply_waiters: dict[int, ApplyWaiter] = {}
         self._changed = trio.Event()
         self._on_change = on_change
         self._last_response: dict[int, float] = {}
@@ -472,7 +305,7 @@ class RaftGroup:
         if self.stopped:
             raise Cancelled(f"group {self.group_id} is stopped")
 
-    async def _submit(self, item: _Item) -> None:
+    async def _submit(self, item: InboxItem) -> None:
         self._check_running()
         try:
             await self._inbox_send.send(item)
@@ -483,7 +316,8 @@ class RaftGroup:
         """A RaftStep request for this group: returns the core's answer, sent only once
         whatever it promises is durable.  ``quiesce``: the envelope's quiesce hint."""
         slot: Slot[Message] = Slot()
-        await self._submit(_Request(msg, slot, quiesce=quiesce and self._quiesce_after is not None))
+        quiet_ok = quiesce and self._quiesce_after is not None
+        await self._submit(InboxRequest(msg, slot, quiesce=quiet_ok))
         return await slot.wait()
 
     def handle_request_nowait(
@@ -501,7 +335,7 @@ class RaftGroup:
             Cancelled, Failed: the group is stopped.
         """
         self._check_running()
-        item = _Request(msg, Callback(on_reply),
+        item = InboxRequest(msg, Callback(on_reply),
                         quiesce=quiesce and self._quiesce_after is not None)
         try:
             self._inbox_send.send_nowait(item)
@@ -515,7 +349,7 @@ class RaftGroup:
         entries' apply results, watched from the moment of the answer (the caller may
         resume only after they were applied: a one-member group commits at once)."""
         slot: Slot[Message] = Slot()
-        req = _Request(msg, slot)
+        req = InboxRequest(msg, slot)
         await self._submit(req)
         reply = await slot.wait()
         return reply, req.applied
@@ -529,7 +363,7 @@ class RaftGroup:
             self.log.warning("ignoring a mismatched reply from server %d: %s", peer, msg.type.name)
             return
         try:
-            self._inbox_send.send_nowait(_Reply(msg))
+            self._inbox_send.send_nowait(InboxReply(msg))
         except trio.WouldBlock:
             self._dropped += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -538,14 +372,14 @@ class RaftGroup:
     async def run_command(self, fn: Callable[[RaftNode], T]) -> T:
         """Run ``fn(core)`` inside the loop task (local requests: add_server, ...)."""
         slot: Slot[object] = Slot()
-        await self._submit(_Command(fn, slot))
+        await self._submit(InboxCommand(fn, slot))
         return await slot.wait()  # type: ignore[return-value]
 
-    async def propose(self, data: Sequence[bytes]) -> _Proposal:
+    async def propose(self, data: Sequence[bytes]) -> InboxProposal:
         """Append ``data`` on the leader.  Returns at once (unless the inbox is full) with
         the proposal, whose ``applied`` slot completes with the state machine's results once
         the entries are applied here -- one wake-up per write on the hot path."""
-        item = _Proposal(list(data))
+        item = InboxProposal(list(data))
         self._check_running()
         try:
             self._inbox_send.send_nowait(item)
@@ -564,7 +398,7 @@ class RaftGroup:
         fails (with TermMismatch if they were replaced, else Failed), never with empty
         placeholders.
         """
-        w = _ApplyWaiter(prop.term, prop.first_index, prop.last_index,
+        w = ApplyWaiter(prop.term, prop.first_index, prop.last_index,
                          slot=slot if slot is not None else Slot())
         if self.stopped:  # _fail_everyone already ran: nobody would complete this waiter
             w.slot.fail(Failed(f"group stopped: {self.failed!r}") if self.failed is not None
@@ -675,18 +509,18 @@ class RaftGroup:
                 item = self._inbox_recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if isinstance(item, _Request):
+            if isinstance(item, InboxRequest):
                 item.reply.fail(exc)
-            elif isinstance(item, _Command):
+            elif isinstance(item, InboxCommand):
                 item.result.fail(exc)
-            elif isinstance(item, _Proposal):
+            elif isinstance(item, InboxProposal):
                 item.applied.fail(exc)
 
-    def _handle(self, item: _Item) -> None:
+    def _handle(self, item: InboxItem) -> None:
         core = self.core
-        if item is _TICK:
+        if item is TICK:
             self._timer_at = math.inf  # it fired; the loop checks what is due
-        elif isinstance(item, _Reply):
+        elif isinstance(item, InboxReply):
             # Replies are not counted: "received" is nuraft_mesg's group_steps (requests).
             m = item.message
             if not (m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted
@@ -694,7 +528,7 @@ class RaftGroup:
                 self._stir()  # anything but an acknowledgement of the whole log wakes us
             self._last_response[m.src] = self._now
             core.step(m)
-        elif isinstance(item, _Request):
+        elif isinstance(item, InboxRequest):
             if not item.quiesce:  # a quiesce heartbeat is judged by its answer (_answer)
                 m = item.message
                 if (self.quiet and m.type in _VOTE_TYPES and m.src == core.leader_id
@@ -705,7 +539,7 @@ class RaftGroup:
             self._received += 1
             self._pending_replies.append(item)
             core.step(item.message)
-        elif isinstance(item, _Proposal):
+        elif isinstance(item, InboxProposal):
             self._stir()
             try:
                 prop = core.propose(item.data)
@@ -717,7 +551,7 @@ class RaftGroup:
                 if self._apply_timeout != math.inf and not item.applied.done:
                     item.deadline = self._now + self._apply_timeout
                     self._expiries.append(item)
-        elif isinstance(item, _Command):
+        elif isinstance(item, InboxCommand):
             self._stir()
             try:
                 item.result.set(item.fn(core))
@@ -936,88 +770,6 @@ class RaftGroup:
         """Record a peer's uuid before it is in any config (a server being added)."""
         self._endpoints[server_id] = endpoint
 
-    # -- quiescing (only timers change: see docs/raft-core.md, "Quiet idle groups") ---------
-    def _should_quiesce(self, now: float) -> bool:
-        """At a heartbeat tick: whether this leader's round is its last before going quiet.
-        The group has been idle for ``quiesce_after``, every follower holds the whole log
-        and a heartbeat already told them the commit index, and nothing is in flight."""
-        after = self._quiesce_after
-        core = self.core
-        if (after is None or self.quiet or self._woken or not core.is_leader
-                or now - self._active_at < after or self._hb_commit != core.commit):
-            return False
-        last = core.log.last_index
-        if (core.commit != last or self.applied_index != last or core.config_changing
-                or core.joining_server is not None or core.transferring_leadership):
-            return False
-        return all(pr.match == last and pr.state == ReplState.REPLICATE and not pr.inflight
-                   and not pr.joining for pr in core.progress.values())
-
-    def _quiesce_answered(self, req: Message, reply: Message) -> None:
-        """A quiesce heartbeat was answered: go quiet if it came from our leader and we
-        accepted it; else it wakes us like any other request."""
-        core = self.core
-        if (reply.accepted and not req.entries and core.role == Role.FOLLOWER
-                and core.leader_id == req.src and core.term == req.term):
-            self._go_quiet = True
-        else:
-            self._stir()
-
-    def _settle_quiet(self) -> None:
-        """End of a loop turn: go quiet if this turn's traffic says so, note activity."""
-        core = self.core
-        if not self._woken:
-            if self._go_quiet and core.role == Role.FOLLOWER and self.leader_id:
-                self._election_deadline = math.inf
-                self._set_quiet(True, self.leader_id)
-            elif self._quiesce_round and core.is_leader:
-                self._heartbeat_deadline = math.inf
-                self._set_quiet(True, "")
-        self._woken = self._go_quiet = self._quiesce_round = False
-        last = core.log.last_index
-        if last != self._seen_last_index:
-            self._seen_last_index = last
-            self._active_at = trio.current_time()
-
-    def _stir(self) -> None:
-        """Traffic other than quiet heartbeats (and their acknowledgements) arrived."""
-        self._woken = True
-        if self.quiet:
-            self._wake()
-
-    def _wake(self) -> None:
-        """Leave the quiet state: a leader heartbeats at once (which wakes its followers),
-        a follower re-arms a randomized election timeout."""
-        self._set_quiet(False)
-        now = trio.current_time()
-        if self.core.is_leader:
-            self._heartbeat_deadline = now
-        elif self._election_deadline == math.inf:
-            low, high = self.params.election_timeout_ms
-            self._election_deadline = now + self._rng.uniform(low, high) / 1000
-        self._retime()
-
-    def _elect_soon(self) -> None:
-        """Campaign within half the lower election timeout (the leader looks dead)."""
-        self._postponed = _MAX_POSTPONED  # a dead leader's node is not our own lateness
-        self._set_quiet(False)
-        half_low = self.params.election_timeout_ms[0] / 2000
-        soon = trio.current_time() + self._rng.uniform(0, half_low)
-        self._election_deadline = min(self._election_deadline, soon)
-        self._retime()
-
-    def leader_lost(self, peer: str) -> bool:
-        """The node ``peer`` looks dead (its connection broke and a ping failed, or pings
-        failed for a while): if it leads this group and we follow, campaign soon (within
-        half the lower election timeout), quiet or not.  Safe from any task.  True if it
-        did."""
-        core = self.core
-        if (self.stopped or core.role != Role.FOLLOWER or core.leader_id == NO_LEADER
-                or self.leader_id != peer):
-            return False
-        self._elect_soon()
-        return True
-
     def _set_quiet(self, quiet: bool, leader: str = "") -> None:
         if quiet == self.quiet:
             return
@@ -1032,84 +784,3 @@ class RaftGroup:
                 self._on_quiet(self, leader, quiet)
             except Exception:
                 self.log.exception("on_quiet hook failed")
-
-    def hold_election(self, seconds: float) -> None:
-        """Do not campaign on this node's own election timer for ``seconds``: another member
-        was designated to campaign first (``Manager.create_group(members=...)``), and with
-        thousands of new groups, members campaigning for groups their peers do not host yet
-        would flood the network with refused pre-votes.  Timers only; an early election for
-        a dead leader's node (``leader_lost``) is not held back."""
-        self._hold_until = trio.current_time() + seconds
-        if self._election_deadline != math.inf:
-            self._election_deadline = max(self._election_deadline, self._hold_until)
-            self._retime()
-
-    def _election_expired(self, now: float) -> None:
-        """The election timer fired.  If this process's own event loop is running late (by
-        more than a heartbeat interval), the leader's heartbeats are probably queued here
-        rather than missing: wait out twice the delay, at most ``_MAX_POSTPONED`` times in a
-        row, before campaigning.  Timers only: safety does not depend on it; a dead leader
-        is still replaced, a little later, and the transport's ``peer_lost`` is not
-        postponed."""
-        lag = self._timers.lag(now)
-        if lag > self._heartbeat_interval and self._postponed < _MAX_POSTPONED:
-            self._postponed += 1
-            self._election_deadline = now + 2 * lag
-            return
-        self._postponed = 0
-        self._election_deadline = math.inf
-        self.core.election_timeout()
-
-    def _retime(self) -> None:
-        """A timer moved from outside the loop's wait (another task, or a wake)."""
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        """Make sure the node's timer task wakes this group by its next deadline.  A later
-        deadline keeps the earlier entry (it fires a tick that finds nothing due); an
-        earlier one, or any once the scheduled one is due, adds an entry."""
-        deadline = min(self._election_deadline, self._heartbeat_deadline, self._next_expiry())
-        if deadline < self._timer_at or self._timer_at <= trio.current_time():
-            self._timer_at = deadline
-            self._timers.schedule(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        """Called by the timer task: put a tick in the inbox (a full inbox means the loop is
-        busy and checks its deadlines after the batch anyway)."""
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError,
-                                 trio.BrokenResourceError):
-            self._inbox_send.send_nowait(_TICK)
-
-    def _next_heartbeat(self, now: float) -> float:
-        """The next heartbeat deadline: the next multiple of the interval on trio's clock
-        (at least half an interval away), so that every leader group with this interval
-        ticks in the same loop turn and their heartbeats leave to each peer as one batch
-        (coalesced heartbeats)."""
-        interval = self._heartbeat_interval
-        nxt = (math.floor(now / interval) + 1) * interval
-        if nxt - now < interval / 2:
-            nxt += interval
-        return nxt
-
-    # -- timers ------------------------------------------------------------------------------
-    def _apply_timers(self, rd: Ready) -> None:
-        if rd.election_timer is not None:
-            self._apply_timer((rd.election_timer, None))
-        if rd.heartbeat_timer is not None:
-            self._apply_timer((None, rd.heartbeat_timer))
-
-    def _apply_timer(self, timers: tuple[TimerCommand | None, TimerCommand | None]) -> None:
-        election, heartbeat = timers
-        now = trio.current_time()
-        if election is not None:
-            self._election_deadline = (
-                math.inf if election.stop
-                else max(now + election.timeout_ms / 1000, self._hold_until)
-            )
-        if heartbeat is not None:
-            if heartbeat.stop:
-                self._heartbeat_deadline = math.inf
-            else:
-                self._heartbeat_interval = heartbeat.timeout_ms / 1000
-                self._heartbeat_deadline = now  # heartbeat at once, then every interval
-

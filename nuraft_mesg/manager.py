@@ -21,38 +21,45 @@ servers stop before the gRPC server).  No task outlives the block.
 
 A group's server id is :func:`to_server_id` of its uuid, computed the same way on every node;
 its endpoint (in configurations, in ``leader_id``) is the uuid string.
+
+Around this module: :mod:`nuraft_mesg.manager_config` (ManagerConfig, the application
+protocol, :func:`to_server_id`), :mod:`nuraft_mesg.group_context` (the application's view of
+a group), :mod:`nuraft_mesg.forwarding` (a follower's write sent to the leader) and
+:mod:`nuraft_mesg.liveness` (pings standing in for quiet groups' heartbeats).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
-from nuraft_mesg.data_service import DataService, DataServiceHandler, Destination
+from nuraft_mesg.data_service import DataService, DataServiceHandler
 from nuraft_mesg.errors import (
     BadRequest,
     Cancelled,
-    Failed,
     NotLeader,
     RaftError,
     RaftTimeout,
     ResultCode,
     ServerNotFound,
 )
-from nuraft_mesg.group import GroupStatistics, PeerInfo, RaftGroup, ReplicaConfig
+from nuraft_mesg.forwarding import client_results as client_results
+from nuraft_mesg.forwarding import forward_to_leader
+from nuraft_mesg.group import RaftGroup
+from nuraft_mesg.group_context import GroupContext as GroupContext
+from nuraft_mesg.liveness import Liveness
+from nuraft_mesg.manager_config import ManagerConfig as ManagerConfig
+from nuraft_mesg.manager_config import MessagingApplication as MessagingApplication
+from nuraft_mesg.manager_config import to_server_id as to_server_id
 from nuraft_mesg.raft.node import NO_LEADER, Proposal, RaftNode
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.types import (
     ClusterConfig,
-    LogEntry,
     LogType,
     Message,
     MsgType,
@@ -68,15 +75,10 @@ from nuraft_mesg.transport.base import (
     StepError,
     StepReply,
     Transport,
-    TransportError,
 )
 from nuraft_mesg.transport.codec import GroupEnvelope
 from nuraft_mesg.transport.peers import PeerSender, SenderStatistics
-from nuraft_mesg.transport.security import TlsConfig, TokenClient, TokenVerifier
 from nuraft_mesg.transport.status import NodeStatus
-
-if TYPE_CHECKING:
-    from nuraft_mesg.transport.grpc import GrpcTransport
 
 __all__ = [
     "GroupContext",
@@ -87,250 +89,8 @@ __all__ = [
 ]
 
 
-_MAX_FORWARD_HOPS = 4
-"""Leaders tried by one forwarded write (a refusal may name a newer leader)."""
 _GENERAL_PATH = frozenset({MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST})
 """Requests that :meth:`Manager.step_nowait` leaves to :meth:`Manager.raft_step`."""
-
-
-def to_server_id(peer_uuid: str) -> int:
-    """The Raft server id of a peer: a non-negative 31-bit hash of its uuid.
-
-    nuraft_mesg uses boost's ``hash<uuid> >> 33``; we use the first 8 bytes of BLAKE2b over
-    the uuid's 16 bytes, shifted right by 33, which is stable across processes, Python
-    versions and machines (Python's own ``hash`` is salted per process).
-    """
-    raw = uuidlib.UUID(peer_uuid).bytes
-    digest = hashlib.blake2b(raw, digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 33
-
-
-@runtime_checkable
-class MessagingApplication(Protocol):
-    """What the application supplies (nuraft_mesg's ``MessagingApplication``)."""
-
-    def lookup_peer(self, peer_id: str) -> str:
-        """Resolve a peer uuid to ``"host:port"``; "" when unknown."""
-        ...
-
-    def create_state_mgr(self, server_id: int, group_id: str) -> StateManager:
-        """Make the state manager of a group this node creates or is invited into."""
-        ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ManagerConfig:
-    """nuraft_mesg's ``Manager::Params`` plus its dynamic settings, in seconds."""
-
-    server_uuid: str
-    port: int = 0
-    """Listen port; 0 picks a free one (then read ``Manager.port``)."""
-    host: str = "127.0.0.1"
-    """Listen address.  nuraft_mesg binds 0.0.0.0; we default to loopback (expose a node
-    beyond it with TLS and a token verifier: docs/security.md)."""
-    default_group_type: str = ""
-    """Group type used when an incoming join names none (nuraft_mesg's compatibility rule)."""
-    leader_change_timeout: float = 3.2
-    """How long create_group, add_member and become_leader wait (raft_leader_change_timeout)."""
-    raft_request_timeout: float = 2.0
-    """Deadline of one RaftStep to a peer (raft_request_deadline_secs)."""
-    client_request_timeout: float = 3.0
-    """How long append_entries waits for commit and apply (NuRaft's client_req_timeout)."""
-    max_message_size: int = 64 << 20
-    """Largest message sent or accepted, in bytes (Raft and data service alike), unless one of
-    the next two says otherwise."""
-    max_send_message_size: int = 0
-    """Largest message this node sends (requests on its channels, replies from its server);
-    0: ``max_message_size``.  A larger one fails with RESOURCE_EXHAUSTED before it is sent."""
-    max_receive_message_size: int = 0
-    """Largest message this node accepts (requests to its server, replies on its channels);
-    0: ``max_message_size``.  A larger one is refused with RESOURCE_EXHAUSTED, for that call
-    only."""
-    ssl_cert: str = ""
-    """PEM certificate (chain) of this node: the server's certificate and, on outbound
-    channels, the client certificate.  With ``ssl_key``, turns TLS on for the server and every
-    outbound channel (all nodes of a cluster must agree)."""
-    ssl_key: str = ""
-    """PEM private key of ``ssl_cert``."""
-    ssl_ca: str = ""
-    """PEM CA bundle that peers' certificates must chain to (nuraft_mesg's client CA file);
-    empty: the system's trust store."""
-    ssl_mutual: bool = False
-    """Mutual TLS: the server requires a client certificate signed by ``ssl_ca`` (a peer
-    without one cannot reach any group)."""
-    ssl_server_name: str = ""
-    """Name checked on peers' certificates (empty: the host dialled)."""
-    token_client: TokenClient | None = None
-    """Adds its ``(auth_header_key, get_token())`` header to every outbound call (RaftStep,
-    data service, status)."""
-    token_verifier: TokenVerifier | None = None
-    """Checks every inbound call's metadata; a refusal is answered (UNAUTHENTICATED unless it
-    says otherwise) before the request reaches any group or handler."""
-    handshake_timeout: float = 10.0
-    """Seconds an accepted connection has to finish its TLS handshake and HTTP/2 preface and
-    start its first call (else it is dropped)."""
-    request_read_timeout: float = 30.0
-    """Seconds an incoming request has to arrive completely after its headers."""
-    enable_data_service: bool = True
-    """Serve and send data-service requests (:mod:`nuraft_mesg.data_service`).  On by default
-    (nuraft_mesg's ``with_data_svc`` defaults to off): with nothing bound it costs nothing.
-    Off: ``bind_data_service_request`` returns False, incoming calls get UNIMPLEMENTED and
-    sends raise ServerNotFound."""
-    data_request_timeout: float = 2.0
-    """Deadline of one data-service call (data_request_deadline_secs)."""
-    peer_queue_size: int = 16384
-    """Outbound messages queued per peer before new ones are dropped (Raft retries); votes
-    and heartbeats may use as many again (see :mod:`nuraft_mesg.transport.peers`)."""
-    data_dir: str | None = None
-    """Directory of the durable default store (``<data_dir>/nuraft.db``, see
-    :mod:`nuraft_mesg.storage.sqlite`).  When set, the Manager persists the log, hard state and
-    config of every group it hosts there (wrapping the application's state managers, which
-    still supply the state machine, the initial config and the hooks), and on start rejoins
-    every stored group as soon as its group type is registered.  None: the application's
-    state managers persist everything themselves."""
-
-    liveness_interval: float = 0.25
-    """Node-level liveness for quiet groups (see ``RaftParams.quiesce_after_ms``): while a
-    group here follows a quiet leader, that leader's node is pinged every this many seconds;
-    when a ping is not answered within ``liveness_timeout``, every group it leads here
-    campaigns soon."""
-    liveness_timeout: float = 2.0
-    """Deadline of one liveness ping, and of the probe of a peer whose connection broke
-    (``peer_lost``).  A dead node is noticed at once (its connection is reset or refused);
-    this only bounds a silent partition.  Generous on purpose: an overloaded node answers
-    late, and taking a late answer for a dead leader would start an election in every group
-    that node leads -- more load, more late answers (measured: 10,000 groups collapsed
-    with a 0.25 s deadline)."""
-
-    def __post_init__(self) -> None:
-        if not (self.liveness_interval > 0 and self.liveness_timeout > 0):
-            raise ValueError("liveness_interval and liveness_timeout must be > 0")
-        try:
-            uuidlib.UUID(self.server_uuid)
-        except ValueError:
-            raise ValueError(f"server_uuid {self.server_uuid!r} is not a uuid") from None
-        if not 0 <= self.port < 65536:
-            raise ValueError("port must be in [0, 65535]")
-        if (self.ssl_ca or self.ssl_mutual) and not self.ssl_cert:
-            raise ValueError("ssl_ca / ssl_mutual need ssl_cert and ssl_key (TLS is off)")
-        self.tls  # noqa: B018 - validates the TLS fields
-
-    @property
-    def tls(self) -> TlsConfig | None:
-        """The TLS settings (None: plain TCP)."""
-        if not (self.ssl_cert or self.ssl_key):
-            return None
-        return TlsConfig(cert_file=self.ssl_cert, key_file=self.ssl_key, ca_file=self.ssl_ca,
-                         mutual=self.ssl_mutual, server_name=self.ssl_server_name)
-
-    def make_transport(self, lookup_peer: Callable[[str], str]) -> GrpcTransport:
-        """The GrpcTransport this configuration describes (what a Manager builds when it is
-        given no transport)."""
-        from nuraft_mesg.transport.grpc import GrpcTransport
-
-        return GrpcTransport(
-            server_uuid=self.server_uuid,
-            host=self.host,
-            port=self.port,
-            lookup_peer=lookup_peer,
-            max_message_size=self.max_message_size,
-            max_send_message_size=self.max_send_message_size,
-            max_receive_message_size=self.max_receive_message_size,
-            tls=self.tls,
-            token_client=self.token_client,
-            token_verifier=self.token_verifier,
-            handshake_timeout=self.handshake_timeout,
-            read_timeout=self.request_read_timeout,
-        )
-
-
-class GroupContext:
-    """Per-group view for the application (nuraft_mesg's ``repl_service_ctx``).
-
-    Made by :meth:`Manager.group`; do not construct it yourself.  (Without a manager it has
-    no data service: data requests raise ServerNotFound, like nuraft_mesg's repl ctx without
-    a factory.)
-    """
-
-    __slots__ = ("_group", "_manager")
-
-    def __init__(self, group: RaftGroup, manager: Manager | None = None) -> None:
-        self._group = group
-        self._manager = manager
-
-    @property
-    def group_type(self) -> str:
-        return self._group.group_type
-
-    @property
-    def group_id(self) -> str:
-        return self._group.group_id
-
-    @property
-    def is_leader(self) -> bool:
-        return self._group.is_leader
-
-    @property
-    def leader_id(self) -> str:
-        """The leader's uuid, or "" when there is none."""
-        return self._group.leader_id
-
-    def raft_status(self) -> list[PeerInfo]:
-        return self._group.raft_status()
-
-    def cluster_config(self) -> list[ReplicaConfig]:
-        return self._group.cluster_config()
-
-    def statistics(self) -> GroupStatistics:
-        """Counters and Raft state of this group on this node (an immutable snapshot)."""
-        return self._group.statistics()
-
-    async def wait_leader(self) -> str:
-        """Wait until the group knows a leader (bound it with a cancel scope); returns the
-        leader's uuid."""
-        await self._group.wait_for(lambda: bool(self._group.leader_id))
-        return self._group.leader_id
-
-    # -- data service (nuraft_mesg/data_service.py has the destination rules) ----------------
-    def _data_service(self) -> DataService:
-        if self._manager is None:
-            raise ServerNotFound("this group context has no data service")
-        return self._manager.data_service
-
-    async def data_service_request_unidirectional(
-        self, dest: Destination, name: str, payload: bytes | Sequence[bytes]
-    ) -> None:
-        """Send ``payload`` to the handler bound as ``name`` on ``dest`` (a peer uuid, a
-        server id, LEADER or ALL) and wait until it has run.  ALL ignores per-peer errors.
-
-        Raises:
-            BadRequest (LEADER from the leader, FOLLOWER/ANY, name not bound on the peer),
-            ServerNotFound (unknown peer or server id, no leader, group not running), and
-            the mapped error of a failed call.
-        """
-        await self._data_service().unidirectional(self._group, dest, name, payload)
-
-    async def data_service_request_bidirectional(
-        self, dest: Destination, name: str, payload: bytes | Sequence[bytes]
-    ) -> bytes:
-        """Like the unidirectional call (but ALL is BadRequest); returns the handler's
-        response bytes."""
-        return await self._data_service().bidirectional(self._group, dest, name, payload)
-
-
-def client_results(resp: Message, count: int) -> list[bytes]:
-    """The per-entry results of an accepted client_request of ``count`` entries.
-
-    Raises:
-        Failed: the answer does not hold one result per entry (only a one-entry request
-            may rely on NuRaft's ``context``, which is the last result: a C++ leader).
-    """
-    if len(resp.results) == count:
-        return list(resp.results)
-    if count == 1 and not resp.results:
-        return [resp.context]
-    raise Failed(f"the leader applied {count} entries but returned {len(resp.results)} "
-                 "results")
 
 
 class Manager:
@@ -375,15 +135,9 @@ class Manager:
         self._server_scope = trio.CancelScope()
         self._server_stopped = trio.Event()
         self._restart_lock = trio.Lock()
-        # Quiet groups and node-level liveness (see _on_group_quiet, _liveness, peer_lost).
-        self._quiet_count = 0
-        self._quiet_followers: dict[str, set[RaftGroup]] = {}
-        """Leader uuid -> the quiet groups here that follow it (and so rest on its pings)."""
-        self._watched: set[str] = set()
-        """Peers whose liveness task runs."""
-        self._watch_more = trio.Event()
-        self._probing: set[str] = set()
-        """Peers being probed after a peer_lost."""
+        # Quiet groups and node-level liveness (nuraft_mesg.liveness; see peer_lost).
+        self._liveness = Liveness(config=config, transport=transport, groups=self._groups,
+                                  log=self.log)
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -420,7 +174,7 @@ class Manager:
             self.port = await infra.start(self._serve_transport)
             self.log.info("serving RaftStep on port %d as server %d", self.port, self.server_id)
             if self.transport.supports_ping:
-                infra.start_soon(self._liveness)
+                infra.start_soon(self._liveness.run)
             try:
                 async with PeerSender(
                     self.transport,
@@ -581,7 +335,7 @@ class Manager:
             core_factory=self._core_factory,
             apply_timeout=self.config.client_request_timeout,
             quiesce=self.transport.supports_ping,
-            on_quiet=self._on_group_quiet,
+            on_quiet=self._liveness.on_group_quiet,
             timers=self._timers,
         )
         scope = trio.CancelScope()
@@ -827,7 +581,8 @@ class Manager:
                 raise
             leader = exc.leader_id
         with trio.move_on_after(self.config.client_request_timeout):
-            return await self._forward(group, leader, data)
+            return await forward_to_leader(self.transport, self.server_id, group, leader,
+                                           data, request_timeout=self.config.client_request_timeout)
         raise RaftTimeout("forwarded entries not applied in time")
 
     def session(self, *, retry_timeout: float = 30.0) -> ClientSession:
@@ -837,44 +592,6 @@ class Manager:
         wrapped in :class:`~nuraft_mesg.sessions.SessionStateMachine`; see docs/sessions.md).
         """
         return ClientSession(self.append_entries, retry_timeout=retry_timeout)
-
-    async def _forward(self, group: RaftGroup, leader: int, data: list[bytes]) -> list[bytes]:
-        """Send a client_request to the leader, which answers once the entries are committed
-        and applied there, with their results; return those once the entries are applied
-        here too (a write forwarded through this node is visible in its state machine).
-
-        A refusal naming another leader is followed (nothing was appended: resending is
-        safe) up to :data:`_MAX_FORWARD_HOPS` times; any other refusal, or an answer without
-        one result per entry, raises its typed error."""
-        for _ in range(_MAX_FORWARD_HOPS):
-            leader_uuid = group.endpoint_of(leader)
-            if not leader_uuid or leader == self.server_id:
-                raise NotLeader(NO_LEADER, "no leader to forward to")
-            msg = Message(MsgType.CLIENT_REQUEST, 0, self.server_id, leader,
-                          entries=tuple(LogEntry(0, LogType.APP, d) for d in data))
-            env = GroupEnvelope(group.group_id, group.group_type, leader_uuid, msg)
-            try:
-                reply = await self.transport.call(
-                    leader_uuid, env, timeout=self.config.client_request_timeout
-                )
-            except TransportError as exc:
-                raise RaftError.for_code(exc.code,
-                                         f"forwarding to the leader failed: {exc}") from None
-            resp = reply.message
-            if resp.accepted:
-                break
-            if resp.result_code == ResultCode.NOT_LEADER and resp.dest not in (
-                    NO_LEADER, leader, self.server_id):
-                leader = resp.dest  # the leader moved on: nothing was appended
-                continue
-            raise RaftError.for_code(resp.result_code, "the leader refused the request",
-                                     leader_id=resp.dest)
-        else:
-            raise NotLeader(NO_LEADER, "leadership kept moving while forwarding")
-        results = client_results(resp, len(data))
-        last = resp.next_index - 1
-        await group.wait_for(lambda: group.applied_index >= last)
-        return results
 
     # ==========================================================================================
     # Data service and status (nuraft_mesg/data_service.py, nuraft_mesg/admin.py)
@@ -1005,7 +722,7 @@ class Manager:
     @property
     def quiet_groups(self) -> int:
         """Groups quiet on this node now (leaders and followers)."""
-        return self._quiet_count
+        return self._liveness.quiet_groups
 
     def peer_statistics(self) -> SenderStatistics:
         """Outbound traffic per peer (requests answered, failed, dropped, batches)."""
@@ -1013,85 +730,14 @@ class Manager:
             return SenderStatistics(MappingProxyType({}))
         return self._peers.statistics()
 
-    def _on_group_quiet(self, group: RaftGroup, leader: str, quiet: bool) -> None:
-        """A group went quiet or woke; a quiet follower (``leader`` set) rests on pings to
-        its leader's node."""
-        self._quiet_count += 1 if quiet else -1
-        if not leader:
-            return
-        if quiet:
-            self._quiet_followers.setdefault(leader, set()).add(group)
-            if leader not in self._watched:
-                self._watch_more.set()
-        else:
-            followers = self._quiet_followers.get(leader)
-            if followers is not None:
-                followers.discard(group)
-                if not followers:
-                    del self._quiet_followers[leader]
-
-    async def _liveness(self) -> None:
-        """Start a watcher for every peer that leads a quiet group here (each stops when
-        no quiet group here rests on it any more)."""
-        async with trio.open_nursery() as nursery:
-            while True:
-                await self._watch_more.wait()
-                self._watch_more = trio.Event()
-                for peer in list(self._quiet_followers):
-                    if peer not in self._watched:
-                        self._watched.add(peer)
-                        nursery.start_soon(self._watch_peer, peer)
-
-    async def _watch_peer(self, peer: str) -> None:
-        """Ping ``peer`` every ``liveness_interval`` while quiet groups here follow it; a
-        ping unanswered within ``liveness_timeout`` makes its groups here campaign soon
-        (which wakes them, so the watch ends)."""
-        interval = self.config.liveness_interval
-        try:
-            while self._quiet_followers.get(peer):
-                start = trio.current_time()
-                if not await self._ping(peer):
-                    self._leader_lost(peer, "ping failed")
-                await trio.sleep_until(start + interval)
-        finally:
-            self._watched.discard(peer)
-
-    async def _ping(self, peer: str) -> bool:
-        try:
-            await self.transport.ping(peer, timeout=self.config.liveness_timeout)
-        except TransportError as exc:
-            self.log.debug("ping %s failed: %s", peer, exc)
-            return False
-        except Exception:  # a transport bug: count it as a failed ping
-            self.log.exception("ping %s raised an unexpected error", peer)
-            return False
-        return True
-
     def peer_lost(self, peer: str) -> None:
         """The transport saw the connection to or from ``peer`` end abruptly (a
         PeerWatcher).  Probe it once (at most one probe per peer at a time); if the probe
         fails, every group here that follows it campaigns soon."""
         infra = self._infra
-        if (infra is None or self._closing or not self.transport.supports_ping
-                or peer == self.server_uuid or peer in self._probing):
+        if infra is None or self._closing:
             return
-        self._probing.add(peer)
-        infra.start_soon(self._probe_lost, peer)
-
-    async def _probe_lost(self, peer: str) -> None:
-        try:
-            if not await self._ping(peer):
-                self._leader_lost(peer, "connection lost, ping failed")
-        finally:
-            self._probing.discard(peer)
-
-    def _leader_lost(self, peer: str, why: str) -> None:
-        """``peer`` looks dead: every group here that it leads (and we follow) campaigns
-        within half its lower election timeout (quiet ones wake)."""
-        count = sum(1 for g in list(self._groups.values()) if g.leader_lost(peer))
-        if count:
-            self.log.info("peer %s looks dead (%s): %d group(s) it led here campaign soon",
-                          peer, why, count)
+        self._liveness.peer_lost(peer, infra)
 
     def _invalid_invitation(self, msg: Message) -> str:
         """Why a join for a group not hosted here cannot be an invitation ("" if it can be):
