@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "StorageError": "nuraft_mesg.errors",
     "SessionExpired": "nuraft_mesg.errors",
     "NotLeader": "nuraft_mesg.errors",
+    "QueryNotSupported": "nuraft_mesg.errors",
     "RaftError": "nuraft_mesg.errors",
     "RaftTimeout": "nuraft_mesg.errors",
     "ResultCode": "nuraft_mesg.errors",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from nuraft_mesg.errors import ConfigChanging as ConfigChanging
     from nuraft_mesg.errors import Failed as Failed
     from nuraft_mesg.errors import NotLeader as NotLeader
+    from nuraft_mesg.errors import QueryNotSupported as QueryNotSupported
     from nuraft_mesg.errors import RaftError as RaftError
     from nuraft_mesg.errors import RaftTimeout as RaftTimeout
     from nuraft_mesg.errors import ResultCode as ResultCode

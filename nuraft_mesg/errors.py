@@ -95,6 +95,11 @@ class BadRequest(RaftError):
     code = ResultCode.BAD_REQUEST
 
 
+class QueryNotSupported(BadRequest):
+    """The group's state machine answers no read-only queries (it does not override
+    :meth:`~nuraft_mesg.storage.interfaces.StateMachine.query`)."""
+
+
 class ServerAlreadyExists(RaftError):
     code = ResultCode.SERVER_ALREADY_EXISTS
 
