@@ -8,20 +8,25 @@ Managers run over the simulated network under trio's MockClock (SIM_PARAMS: hear
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import pytest
 import trio
 import trio.testing
 
+from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import BadRequest, NotLeader, RaftTimeout, ServerNotFound
 from nuraft_mesg.group import RaftGroup
+from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.types import MsgType
 from nuraft_mesg.reads import decode_client_read, encode_client_read
 from nuraft_mesg.testing import SimCluster
 from nuraft_mesg.testing.cluster import SIM_PARAMS, SimNode
+from nuraft_mesg.testing.local import LocalCluster
 from nuraft_mesg.testing.sim import SimMessage
 
 UPPER = SIM_PARAMS.election_timeout_ms[1] / 1000
+LOCAL_PARAMS = RaftParams(heartbeat_interval_ms=100, election_timeout_ms=(200, 400))
 GET_X = b"get x"
 
 
@@ -198,3 +203,31 @@ async def test_a_follower_read_whose_forward_is_lost_times_out(
         c.network.add_filter(_drop_read_index)
         with pytest.raises(RaftTimeout):
             await f1.mgr.read(gid, GET_X, timeout=0.5)
+
+
+# -- the external client, over gRPC ------------------------------------------------------------
+async def test_external_client_reads_through_any_member() -> None:
+    gid = str(uuid.uuid4())
+    with trio.fail_after(30):
+        async with LocalCluster.open(
+            3, group_types={"reads": LOCAL_PARAMS}, default_group_type="reads"
+        ) as cluster:
+            app1, app2, app3 = cluster.nodes
+            await app1.mgr.create_group(gid, "reads")
+            await app1.mgr.add_member(gid, app2.uuid)
+            await app1.mgr.add_member(gid, app3.uuid)
+            async with ExternalClient(cluster.directory) as client:
+                assert await client.append_entry(gid, b"set x 9", dest=app1.uuid) == b"OK"
+                # A follower answers from its own state, at the leader's read index.
+                assert await client.read(gid, GET_X, dest=app3.uuid) == b"=9"
+                assert await client.read(gid, b"get nope", dest=app2.uuid) == b"-"
+                assert await client.read(gid, GET_X, dest=app1.uuid, mode="stale") == b"=9"
+                with pytest.raises(BadRequest):
+                    await client.read(gid, b"bogus", dest=app2.uuid)
+                with pytest.raises(BadRequest):
+                    await client.read(gid, GET_X, dest=app2.uuid, mode="lease")  # off here
+                with pytest.raises(ServerNotFound):
+                    await client.read(str(uuid.uuid4()), GET_X, dest=app1.uuid)
+                # The leader dies: the survivors elect another and keep answering.
+                await cluster.kill(app1)
+                assert await client.read(gid, GET_X, dest=app2.uuid) == b"=9"
