@@ -76,8 +76,8 @@ class Histogram:
         for k in sorted(self.buckets):
             seen += self.buckets[k]
             if seen >= rank:
-                return _BASE ** (k + 0.5) / 1000
-        return _BASE ** (max(self.buckets) + 0.5) / 1000
+                return math.pow(_BASE, k + 0.5) / 1000
+        return math.pow(_BASE, max(self.buckets) + 0.5) / 1000
 
     def mean_ms(self) -> float | None:
         return self.total_us / self.count / 1000 if self.count else None

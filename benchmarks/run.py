@@ -487,7 +487,7 @@ async def _failover(cluster: Cluster, gid: str, s: Settings) -> dict[str, Any]:
             while trio.current_time() < deadline:
                 views = await trio.to_thread.run_sync(
                     lambda: [n.request({"op": "leader", "group": gid}) for n in cluster.nodes])
-                leaders = {v.get("leader") for v in views}
+                leaders: set[str] = {v.get("leader") or "" for v in views}
                 if all(v.get("hosted") for v in views) and len(leaders) == 1 and "" not in leaders:
                     lead = by_uuid[leaders.pop()]
                     commit = max(v["commit"] for v in views)
@@ -545,7 +545,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("purerpc", ("/purerpc/",)),
     ("protobuf", ("/google/protobuf/", "_pb2")),
     ("Raft core (nuraft_mesg/raft)", ("/nuraft_mesg/raft/",)),
-    ("transport (grpc.py, codec, peers)", ("/nuraft_mesg/transport/",)),
+    ("transport (grpc/, codec, peers)", ("/nuraft_mesg/transport/",)),
     ("runtime (group, manager)", ("/nuraft_mesg/group", "/nuraft_mesg/manager",
                                   "/nuraft_mesg/oneshot.py", "/nuraft_mesg/forwarding.py",
                                   "/nuraft_mesg/liveness.py")),
@@ -561,9 +561,9 @@ INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
     ("group loop (RaftGroup.run)", ("RaftGroup.run ",)),
     ("  Raft core (RaftNode.*)", ("RaftNode.",)),
     ("sending batches (PeerSender._pump)", ("PeerSender._pump ",)),
-    ("answers read (GrpcTransport._link_reader)", ("GrpcTransport._link_reader ",)),
-    ("requests served (GrpcTransport._serve_raft_stream)",
-     ("GrpcTransport._serve_raft_stream ",)),
+    ("answers read (_Link._read)", ("_Link._read ",)),
+    ("requests served (GrpcServer._serve_raft_stream)",
+     ("GrpcServer._serve_raft_stream ",)),
     ("connection reader (_Socket._listen)", ("_Socket._listen ",)),
     ("HTTP/2 writer (SocketWrapper._writer_thread)", ("SocketWrapper._writer_thread ",)),
     ("codec (encode/decode, protobuf)", ("/codec.py", "_pb2", "google/protobuf")),

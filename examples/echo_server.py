@@ -27,7 +27,7 @@ from echo_common import (
 )
 
 from nuraft_mesg import InMemoryApplication, Manager, ManagerConfig, RaftParams
-from nuraft_mesg.demo import run_until_interrupted
+from nuraft_mesg.cli.demo import run_until_interrupted
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.memory import KVStateMachine, MemoryStateManager
 

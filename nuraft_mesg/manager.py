@@ -38,6 +38,7 @@ from types import MappingProxyType, TracebackType
 
 import trio
 
+from nuraft_mesg.admin import collect_status
 from nuraft_mesg.data_service import DataService, DataServiceHandler
 from nuraft_mesg.errors import (
     BadRequest,
@@ -645,8 +646,6 @@ class Manager:
 
     def node_status(self, group_ids: Sequence[str] = ()) -> NodeStatus:
         """This node's groups as ``Admin/Status`` reports them (every group when empty)."""
-        from nuraft_mesg.admin import collect_status
-
         return collect_status(self, group_ids)
 
     # ==========================================================================================

@@ -33,17 +33,11 @@ from nuraft_mesg.testing.checkers import (
     LivenessViolation,
     check_invariants,
 )
-from nuraft_mesg.testing.cluster import (
-    SIM_PARAMS,
-    RecordingStateMachine,
-    SimCluster,
-    SimNode,
-    Workload,
-    Write,
-)
+from nuraft_mesg.testing.cluster import SIM_PARAMS, SimCluster, Workload
 from nuraft_mesg.testing.conformance import check_log_store, check_state_manager
 from nuraft_mesg.testing.dns import StaticResolver, install_static_resolver
 from nuraft_mesg.testing.sim import LinkState, SimNetwork, SimTransport
+from nuraft_mesg.testing.sim_node import RecordingStateMachine, SimNode, Write
 
 if TYPE_CHECKING:
     from nuraft_mesg.testing.machine import RaftClusterMachine, SimRunner

@@ -46,20 +46,19 @@ import bisect
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from nuraft_mesg.raft.node import RaftNode, Role
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, LogType, Message
 
-if TYPE_CHECKING:
-    from nuraft_mesg.testing.cluster import SimCluster
-
 __all__ = [
+    "CheckedCluster",
     "ClusterChecker",
     "InvariantViolation",
     "LivenessViolation",
+    "ObservedCluster",
     "check_invariants",
 ]
 
@@ -165,6 +164,26 @@ class _CoreSeen:
     commit: int
 
 
+class ObservedCluster(Protocol):
+    """What the checker reads from the cluster it watches (a :class:`~.cluster.SimCluster`):
+    names for the history, recent messages for a report, every log for Log Matching.  A
+    protocol, so that the cluster imports this module and not the other way round."""
+
+    def group_name(self, group_id: str) -> str: ...
+    def node_name_of(self, server_id: int) -> str: ...
+    def core_serial(self, core: RaftNode) -> int: ...
+    def recent_messages(self, group_id: str, count: int) -> list[str]: ...
+    def logs_of(self, group_id: str) -> list[tuple[str, int, int, list[LogEntry]]]: ...
+
+
+class CheckedCluster(Protocol):
+    """A cluster that carries its :class:`ClusterChecker` (what :func:`check_invariants`
+    takes)."""
+
+    @property
+    def checker(self) -> ClusterChecker: ...
+
+
 class ClusterChecker:
     """History and invariant checks of one SimCluster (made by the cluster itself).
 
@@ -173,7 +192,7 @@ class ClusterChecker:
     (the first one is raised).
     """
 
-    def __init__(self, cluster: SimCluster) -> None:
+    def __init__(self, cluster: ObservedCluster) -> None:
         self.cluster = cluster
         self.groups: dict[str, _GroupHistory] = {}
         self.violations: list[InvariantViolation] = []
@@ -512,7 +531,7 @@ class ClusterChecker:
         g.chains[source] = _Chain(start, entries, hashes)
 
 
-def check_invariants(cluster: SimCluster) -> None:
+def check_invariants(cluster: CheckedCluster) -> None:
     """Check every invariant of every group of ``cluster``; raise the first violation.
 
     Call it between steps (the harness's state machine calls it after every rule).  Checks

@@ -20,7 +20,8 @@ the HTTP/2 layer:
   ``raft_step`` in a per-group task otherwise), per-item errors, the answer outbox and the
   bounds on what a client can make the server hold.
 
-The tasks that read and write the stream live in :mod:`~nuraft_mesg.transport.grpc`.
+The tasks that read and write the stream live in :mod:`~nuraft_mesg.transport.grpc.server`
+(server side) and :mod:`~nuraft_mesg.transport.grpc.channel` (client side).
 """
 
 from __future__ import annotations

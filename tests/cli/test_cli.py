@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from nuraft_mesg.cli import client_main, load_peers, parse_peer, status_main
+from nuraft_mesg.cli.remote import client_main, load_peers, parse_peer, status_main
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.transport.status import NodeStatus

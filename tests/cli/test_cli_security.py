@@ -1,4 +1,4 @@
-"""The command line's TLS and token options (nuraft_mesg.cli_security): ``status`` against a
+"""The command line's TLS and token options (nuraft_mesg.cli.security): ``status`` against a
 node with TLS, mutual TLS and a token verifier (a Manager in this process, or a ``server``
 process started with the same options), and the one-line errors of bad combinations.
 
@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 
 import nuraft_mesg
 from nuraft_mesg.app import InMemoryApplication
-from nuraft_mesg.cli import client_main, client_parser, status_main, status_parser
-from nuraft_mesg.cli_security import Security, security_from_args
+from nuraft_mesg.cli.remote import client_main, client_parser, status_main, status_parser
+from nuraft_mesg.cli.security import Security, security_from_args
+from nuraft_mesg.cli.server import _parser as server_parser
 from nuraft_mesg.manager import Manager, ManagerConfig
-from nuraft_mesg.server import _parser as server_parser
 from nuraft_mesg.transport import security as security_module
 from nuraft_mesg.transport.base import Status
 from nuraft_mesg.transport.security import StaticTokenClient, StaticTokenVerifier, TlsConfig

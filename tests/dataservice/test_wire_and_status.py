@@ -9,7 +9,7 @@ import pytest
 import trio
 from google.protobuf.descriptor import FieldDescriptor as F
 
-from nuraft_mesg.admin import format_status, short_names
+from nuraft_mesg.cli.status_format import format_status, short_names
 from nuraft_mesg.transport._proto import admin_pb2, data_service_pb2
 from nuraft_mesg.transport.base import DataRequest, Status, TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope

@@ -164,7 +164,7 @@ async def raw_call(
     """Send ``payload`` (any bytes) as the one message of a unary call; the status and reply
     bytes (empty unless OK)."""
     try:
-        data = await transport._round_trip(peer, payload, timeout, path)
+        data = await transport.client._round_trip(peer, payload, timeout, path)
     except TransportError as exc:
         return exc.status, b""
     return Status.OK, data

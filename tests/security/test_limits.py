@@ -44,7 +44,7 @@ async def test_oversize_request_is_refused_per_stream() -> None:
         async with client:
             # warm up the channel, remember its connection
             await client.call(server.uuid, make_request(small_group, server.uuid), timeout=5)
-            socket = client._peers[server.uuid].channel.socket  # type: ignore[union-attr]
+            socket = client.client._peers[server.uuid].channel.socket  # type: ignore[union-attr]
             results: list[str] = []
 
             async def small(k: int) -> None:
@@ -73,7 +73,8 @@ async def test_oversize_request_is_refused_per_stream() -> None:
                 calls.start_soon(big)
             assert sorted(results) == ["ok", "ok", "ok", "refused"]
             # the same connection carried everything and is still in use
-            assert client._peers[server.uuid].channel.socket is socket  # type: ignore[union-attr]
+            channel = client.client._peers[server.uuid].channel
+            assert channel.socket is socket  # type: ignore[union-attr]
             assert socket is not None and socket.alive
         assert all(r.group_id == small_group for r in server.handler.requests)
         nursery.cancel_scope.cancel()
@@ -119,11 +120,12 @@ async def test_reply_limits_on_both_ends() -> None:
             with pytest.raises(TransportError) as info:
                 await client.call(server.uuid, make_request(gid, server.uuid), timeout=5)
             assert info.value.status == Status.RESOURCE_EXHAUSTED
-            socket = client._peers[server.uuid].channel.socket  # type: ignore[union-attr]
+            socket = client.client._peers[server.uuid].channel.socket  # type: ignore[union-attr]
             size["n"] = 1 * KIB
             assert (await client.call(server.uuid, make_request(gid, server.uuid),
                                       timeout=5)).message.context == b"c" * KIB
-            assert client._peers[server.uuid].channel.socket is socket  # type: ignore[union-attr]
+            channel = client.client._peers[server.uuid].channel
+            assert channel.socket is socket  # type: ignore[union-attr]
             server.transport.max_send_message_size = 8 * KIB
             size["n"] = 10 * KIB  # over the server's send limit
             with pytest.raises(TransportError) as info:
@@ -234,7 +236,7 @@ async def test_compressed_and_malformed_frames(
 # -- the per-stream parser: every byte's flow-control credit comes back -----------------------
 @pytest.mark.parametrize("case", ["oversize", "bomb", "bad-flag", "unknown-encoding"])
 def test_rejected_messages_return_all_their_credit(case: str) -> None:
-    from nuraft_mesg.transport.grpc import _ReadBuffer
+    from nuraft_mesg.transport.grpc.protocol import _ReadBuffer
 
     encoding = {"bomb": "gzip", "unknown-encoding": "br"}.get(case)
     buffer = _ReadBuffer(encoding, 1000)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nuraft_mesg.__main__ import main
+from nuraft_mesg.cli.main import main
 from nuraft_mesg.storage.memory import KVStateMachine
 
 FREEZE = b"set frozen 1"

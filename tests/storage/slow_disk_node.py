@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from nuraft_mesg.__main__ import main
+from nuraft_mesg.cli.main import main
 from nuraft_mesg.storage.sqlite import SqliteStore
 
 _real_commit = SqliteStore._commit_blocking

@@ -288,7 +288,7 @@ async def test_unknown_peer_is_unavailable_at_once() -> None:
             for peer in ("nobody", "bad-address"):
                 err = await call_error(a.transport, peer, make_request(GROUP, peer))
                 assert err.status == Status.UNAVAILABLE and err.code == ResultCode.SERVER_NOT_FOUND
-            a.transport._lookup_peer = broken
+            a.transport.client._lookup_peer = broken
             err = await call_error(a.transport, "x", make_request(GROUP, "x"))
             assert err.status == Status.UNAVAILABLE
 
@@ -422,7 +422,7 @@ async def test_deadline_cancels_the_servers_handler() -> None:
         assert err.status == Status.DEADLINE_EXCEEDED
         with trio.fail_after(5):
             await cancelled.wait()  # the client's RST_STREAM reached the server
-        slot = a.transport._peers[b.uuid]
+        slot = a.transport.client._peers[b.uuid]
         assert slot.channel is not None and slot.channel.socket is not None
         assert slot.channel.socket._streams == {}  # the abandoned stream was not leaked
         b.handler.step = lambda req: _const(make_reply(req))

@@ -217,7 +217,7 @@ async def send(
 
 
 def link_of(client: GrpcTransport, peer: str) -> Any:
-    slot = client._peers.get(peer)
+    slot = client.client._peers.get(peer)
     return None if slot is None or slot.channel is None else slot.channel.link
 
 
@@ -784,7 +784,7 @@ async def test_wrong_service_retires_the_channel_gracefully() -> None:
         await replies.wait()
         assert replies.error(0).status == Status.INVALID_ARGUMENT
         assert replies.reply(1).message.accepted
-        slot = a.transport._peers[b.uuid]
+        slot = a.transport.client._peers[b.uuid]
         channel = slot.channel
         assert channel is None or channel.retired
         if channel is not None:
@@ -941,7 +941,7 @@ async def test_fallback_to_unary_against_a_peer_without_raft_stream() -> None:
                    [make_request(groups[i % 3], b.uuid, term=i + 1) for i in range(9)], replies)
         await replies.wait()
         assert [replies.reply(i).message.term for i in range(9)] == list(range(1, 10))
-        channel = a.transport._peers[b.uuid].channel
+        channel = a.transport.client._peers[b.uuid].channel
         assert channel is not None and channel.stream_unsupported and channel.link is None
         replies = Replies()
         await send(a.transport, b.uuid, [make_request(GROUP, b.uuid)], replies)
@@ -1018,7 +1018,7 @@ async def test_ping_live_and_dead_peers() -> None:
             with pytest.raises(TransportError) as info:
                 await a.transport.ping(silent, timeout=0.3)
             assert info.value.status == Status.DEADLINE_EXCEEDED
-            stale = a.transport._peers[silent].channel
+            stale = a.transport.client._peers[silent].channel
             assert stale is None or stale.retired
             nursery.cancel_scope.cancel()
         for s in held:
@@ -1042,14 +1042,14 @@ async def test_a_channel_that_only_pings_outlives_the_servers_handshake_timeout(
         a = await serve_node(nursery, directory, enable_stream=stream)
         b = await serve_node(nursery, directory, handshake_timeout=0.3)
         await a.transport.ping(b.uuid, timeout=1)
-        channel = a.transport._peers[b.uuid].channel
+        channel = a.transport.client._peers[b.uuid].channel
         await trio.sleep(0.8)  # time passes: the server's handshake deadline is long gone
         await a.transport.ping(b.uuid, timeout=1)
         if stream:
-            assert a.transport._peers[b.uuid].channel is channel
+            assert a.transport.client._peers[b.uuid].channel is channel
             assert a.handler.lost == []
         else:  # without RaftStream nothing makes a call: dropped, reported, then rebuilt
-            assert a.transport._peers[b.uuid].channel is not channel
+            assert a.transport.client._peers[b.uuid].channel is not channel
             assert a.handler.lost == [b.uuid]
         nursery.cancel_scope.cancel()
 

@@ -7,7 +7,7 @@
     nuraft-mesg client --server UUID1 --peer UUID1=127.0.0.1:7001 ... -g GROUP --add UUID4
     nuraft-mesg client --server UUID1 --peer ... -g GROUP --remove UUID2
 
-Both take the TLS and token options of :mod:`nuraft_mesg.cli_security` (``--tls-ca``,
+Both take the TLS and token options of :mod:`nuraft_mesg.cli.security` (``--tls-ca``,
 ``--tls-cert``/``--tls-key``, ``--tls-server-name``, ``--mtls``, ``--token-file``/``--token-env``)
 for nodes that serve TLS or verify tokens::
 
@@ -33,8 +33,8 @@ from typing import TextIO
 
 import trio
 
-from nuraft_mesg.admin import format_status
-from nuraft_mesg.cli_security import Security, add_security_arguments, parse_args_with_security
+from nuraft_mesg.cli.security import Security, add_security_arguments, parse_args_with_security
+from nuraft_mesg.cli.status_format import format_status
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.transport.base import Status, TransportError

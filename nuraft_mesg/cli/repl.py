@@ -49,7 +49,7 @@ from typing import Any
 
 import trio
 
-from nuraft_mesg.demo import status_table
+from nuraft_mesg.cli.demo import status_table
 from nuraft_mesg.manager import Manager
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.testing.faults import NetworkFaults

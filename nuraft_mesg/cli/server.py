@@ -43,8 +43,8 @@ from pathlib import Path
 import trio
 
 from nuraft_mesg.app import InMemoryApplication
-from nuraft_mesg.cli_security import Security, add_security_arguments, parse_args_with_security
-from nuraft_mesg.demo import run_until_interrupted
+from nuraft_mesg.cli.demo import run_until_interrupted
+from nuraft_mesg.cli.security import Security, add_security_arguments, parse_args_with_security
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.manager import Manager, ManagerConfig
 from nuraft_mesg.raft.params import RaftParams
