@@ -231,3 +231,26 @@ async def test_external_client_reads_through_any_member() -> None:
                 # The leader dies: the survivors elect another and keep answering.
                 await cluster.kill(app1)
                 assert await client.read(gid, GET_X, dest=app2.uuid) == b"=9"
+
+
+@pytest.mark.parametrize("lease", [False, True], ids=["no-lease", "lease"])
+async def test_an_early_election_waits_out_the_lease(
+    autojump_clock: trio.testing.MockClock, lease: bool,
+) -> None:
+    """When node-level liveness says the leader's node is dead, a follower campaigns within
+    half the lower election timeout -- but with lease reads, never before the lower election
+    timeout since it last heard the leader: the leader may still be serving from its lease."""
+    params = dataclasses.replace(SIM_PARAMS, lease_reads=lease)
+    low = params.election_timeout_ms[0] / 1000
+    async with SimCluster.open(3, seed=10, params=params) as c:
+        gid = await c.create_group()
+        lead, (f1, _) = await _leader_and_followers(c, gid)
+        await c.run_for(0.25)
+        group = _group(f1, gid)
+        heard = group._leader_heard_at
+        assert trio.current_time() - heard < SIM_PARAMS.heartbeat_interval_ms / 1000 * 1.5
+        assert group.leader_lost(lead.uuid)
+        if lease:
+            assert group._election_deadline >= heard + low
+        else:
+            assert group._election_deadline <= trio.current_time() + low / 2
