@@ -447,14 +447,16 @@ class RaftGroup(GroupTimers):
         if checked == "stale":
             await trio.lowlevel.checkpoint()
             return self._reads.query_now(query)
-        read = self._reads.new(query, lease=checked == "lease")
+        read = self._reads.new(query, lease=checked == "lease",
+                               deadline=trio.current_time() + timeout)
         try:
-            with trio.fail_after(timeout):
-                await self._submit(read)
-                return await read.slot.wait()
-        except trio.TooSlowError:
-            self._reads.counts["failed"] += 1
-            raise RaftTimeout(f"{checked} read not answered within {timeout:g}s") from None
+            try:
+                self._inbox_send.send_nowait(read)
+            except trio.WouldBlock:
+                await self._submit(read)  # back-pressure: the group is behind
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise Cancelled(f"group {self.group_id} is stopped") from None
+            return await read.slot.wait()
         finally:
             self._reads.forget(read)
 
@@ -517,7 +519,8 @@ class RaftGroup(GroupTimers):
         expiries = self._expiries
         while expiries and expiries[0].applied.done:
             expiries.popleft()
-        return expiries[0].deadline if expiries else math.inf
+        writes = expiries[0].deadline if expiries else math.inf
+        return min(writes, self._reads.next_expiry())
 
     def _expire(self, now: float) -> None:
         expiries = self._expiries
@@ -529,6 +532,7 @@ class RaftGroup(GroupTimers):
                 item.applied.fail(RaftTimeout(
                     f"{where} not applied within {self._apply_timeout:g}s (they may still "
                     "commit)"))
+        self._reads.expire(now)
 
     async def wait_stopped(self) -> None:
         await self._stopped_event.wait()
@@ -600,6 +604,8 @@ class RaftGroup(GroupTimers):
                 core.read_index(item.ctx, lease=item.lease, now=self._now)
             except RaftError as exc:
                 self._reads.fail(item, exc)
+            else:
+                self._reads.started(item)
         elif isinstance(item, InboxProposal):
             self._stir()
             try:

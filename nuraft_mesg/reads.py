@@ -20,10 +20,11 @@ apply.  Everything runs in the group's task, which owns the core and the state m
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from nuraft_mesg.errors import BadRequest, Failed, RaftError
+from nuraft_mesg.errors import BadRequest, Failed, RaftError, RaftTimeout
 from nuraft_mesg.oneshot import Slot
 from nuraft_mesg.raft.ready import Ready
 from nuraft_mesg.raft.types import LogEntry, LogType
@@ -77,13 +78,16 @@ class PendingRead:
     slot: Slot[bytes] = field(default_factory=Slot)
     index: int = -1
     """The read index, once the core released it (-1 before)."""
+    deadline: float = math.inf
+    """When it fails with RaftTimeout if still unanswered (the group's clock: one timer for
+    all reads rather than a cancel scope per read, as for writes)."""
 
 
 class GroupReads:
     """The reads of one group in its runtime: contexts for the core, the apply wait, and
     the state machine's answer."""
 
-    __slots__ = ("_next_ctx", "_pending", "_sm", "_waiting", "counts")
+    __slots__ = ("_expiries", "_next_ctx", "_pending", "_sm", "_waiting", "counts")
 
     @property
     def waiting(self) -> bool:
@@ -96,14 +100,36 @@ class GroupReads:
         self._pending: dict[int, PendingRead] = {}
         self._waiting: list[tuple[int, int]] = []
         """Heap of ``(index, ctx)``: released reads waiting for the state machine to apply."""
+        self._expiries: list[tuple[float, int]] = []
+        """Heap of ``(deadline, ctx)`` of the reads handed to the core."""
         self.counts: dict[str, int] = {"linearizable": 0, "lease": 0, "stale": 0, "failed": 0}
         """Reads answered per mode, and reads failed (for statistics)."""
 
-    def new(self, query: bytes, *, lease: bool) -> PendingRead:
+    def new(self, query: bytes, *, lease: bool, deadline: float = math.inf) -> PendingRead:
         self._next_ctx += 1
-        read = PendingRead(self._next_ctx, bytes(query), lease)
+        read = PendingRead(self._next_ctx, bytes(query), lease, deadline=deadline)
         self._pending[read.ctx] = read
         return read
+
+    def started(self, read: PendingRead) -> None:
+        """The group's task handed ``read`` to the core: watch its deadline."""
+        if read.deadline != math.inf and read.ctx in self._pending:
+            heapq.heappush(self._expiries, (read.deadline, read.ctx))
+
+    def next_expiry(self) -> float:
+        expiries = self._expiries
+        while expiries and expiries[0][1] not in self._pending:
+            heapq.heappop(expiries)
+        return expiries[0][0] if expiries else math.inf
+
+    def expire(self, now: float) -> None:
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, ctx = heapq.heappop(expiries)
+            read = self._pending.get(ctx)
+            if read is not None:
+                self.fail(read, RaftTimeout("read not answered by its deadline (no quorum "
+                                            "confirmed the read index in time?)"))
 
     def forget(self, read: PendingRead) -> None:
         """The caller stopped waiting (deadline, cancellation): a later release is ignored."""
@@ -122,14 +148,18 @@ class GroupReads:
 
     def on_ready(self, rd: Ready, applied_index: int) -> None:
         """Take the core's verdicts on reads; serve those already applied."""
+        pending = self._pending
         for state in rd.read_states:
-            read = self._pending.get(state.ctx)
+            read = pending.get(state.ctx)
             if read is None:
                 continue
             read.index = state.index
-            heapq.heappush(self._waiting, (state.index, state.ctx))
+            if state.index <= applied_index:
+                self._serve(pending.pop(state.ctx))
+            else:
+                heapq.heappush(self._waiting, (state.index, state.ctx))
         for failure in rd.read_failures:
-            read = self._pending.get(failure.ctx)
+            read = pending.get(failure.ctx)
             if read is not None:
                 self.fail(read, failure.error)
         self.on_applied(applied_index)
@@ -139,22 +169,25 @@ class GroupReads:
         while waiting and waiting[0][0] <= applied_index:
             _, ctx = heapq.heappop(waiting)
             read = self._pending.pop(ctx, None)
-            if read is None:
-                continue
-            try:
-                answer = self._query(read.query)
-            except RaftError as exc:
-                self.counts["failed"] += 1
-                read.slot.fail(exc)
-            else:
-                self.counts["lease" if read.lease else "linearizable"] += 1
-                read.slot.set(answer)
+            if read is not None:
+                self._serve(read)
+
+    def _serve(self, read: PendingRead) -> None:
+        try:
+            answer = self._query(read.query)
+        except RaftError as exc:
+            self.counts["failed"] += 1
+            read.slot.fail(exc)
+        else:
+            self.counts["lease" if read.lease else "linearizable"] += 1
+            read.slot.set(answer)
 
     def fail_all(self, error: RaftError) -> None:
         """The group stopped."""
         for read in list(self._pending.values()):
             self.fail(read, error)
         self._waiting.clear()
+        self._expiries.clear()
 
     def _query(self, query: bytes) -> bytes:
         try:
