@@ -593,6 +593,10 @@ class RaftGroup(GroupTimers):
             self._received += 1
             if m.type != MsgType.READ_INDEX_REQUEST:
                 self._pending_replies.append(item)
+            elif (m.src, m.read_id) in self._pending_reads:
+                # A duplicate of a request still queued: the first one's answer answers it.
+                item.reply.fail(Cancelled("duplicate read_index request"))
+                return
             else:
                 self._pending_reads[(m.src, m.read_id)] = item  # answered when its round is
             core.step(m)

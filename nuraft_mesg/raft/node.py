@@ -766,6 +766,10 @@ class RaftNode:
         self._pending_broadcast = False
         fr = self._freads
         if fr.pending and self.leader_id not in (NO_LEADER, self.id):
+            if fr.next_id == 0:
+                # Ids unique across restarts: a leader may still hold a request of our last
+                # incarnation, whose answer (an older index) must not answer a new one.
+                fr.next_id = self._rng.getrandbits(62)
             fr.next_id += 1
             fr.inflight[fr.next_id] = fr.pending
             fr.pending = []
@@ -823,7 +827,9 @@ class RaftNode:
             self._reply(m, accepted=False, code=ResultCode.NOT_LEADER)
         elif m.src not in self.config:
             self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
-        else:
+        elif not self._lreads.has_forwarded(m.src, m.read_id):
+            # (A duplicate of a queued request gets no second answer: the first one's
+            # answers it.  The runtime answers the duplicate RPC itself.)
             self._lreads.pending_forwarded.append((m.src, m.read_id))
 
     def _handle_read_index_response(self, m: Message) -> None:
@@ -966,6 +972,9 @@ class RaftNode:
     def _step_response(self, m: Message) -> None:
         if m.dest != self.id:
             return
+        if m.type == MsgType.READ_INDEX_RESPONSE:
+            # Valid whatever our term now: the leader answered after our request reached it.
+            self._handle_read_index_response(m)
         if m.type == MsgType.PRE_VOTE_RESPONSE:
             self._handle_pre_vote_response(m)
             return
@@ -978,8 +987,6 @@ class RaftNode:
             if self.role == Role.CANDIDATE:
                 self._votes[m.src] = m.accepted
                 self._tally_votes()
-        elif m.type == MsgType.READ_INDEX_RESPONSE:
-            self._handle_read_index_response(m)
         elif self.role != Role.LEADER:
             return
         elif m.type == MsgType.APPEND_ENTRIES_RESPONSE:

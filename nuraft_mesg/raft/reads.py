@@ -70,6 +70,10 @@ class LeaderReads:
     def has_pending(self) -> bool:
         return bool(self.pending_local or self.pending_forwarded)
 
+    def has_forwarded(self, peer: int, request_id: int) -> bool:
+        key = (peer, request_id)
+        return key in self.pending_forwarded or any(key in r.forwarded for r in self.rounds)
+
     @property
     def read_round_in_flight(self) -> bool:
         return any(r.has_reads for r in self.rounds)

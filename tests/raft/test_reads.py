@@ -279,6 +279,32 @@ def test_a_leader_refuses_read_index_when_it_does_not_lead() -> None:
     assert not resp.accepted and resp.read_id == 3
 
 
+def test_an_answer_to_a_previous_incarnation_does_not_answer_a_new_read() -> None:
+    """Follower 2 forwards a read and restarts; a write then completes, and the leader's
+    answer to the old request (an index from before the write) arrives only after the new
+    incarnation forwarded a read of its own: it must not answer that one."""
+    c = cluster()
+    c.elect(1)
+    c.stabilize()
+    c.read(2, 1)
+    deliver_matching(c, lambda m: m.type == RI_REQ)  # queued on the leader, round in flight
+    c.crash(2)
+    c.restart(2)
+    c.bag = [m for m in c.bag if m.dest != 2]
+    c.propose(1, b"w")
+    deliver_matching(c, lambda m: {m.src, m.dest} == {1, 3})  # committed by {1, 3}
+    write = c.core(1).commit
+    old_answers = [m for m in c.bag if m.type == RI_RESP and m.dest == 2]
+    assert old_answers and old_answers[0].next_index < write
+    deliver_matching(c, lambda m: m.type == AE_REQ and m.dest == 2)  # 2 learns its leader
+    c.read(2, 2)
+    deliver_matching(c, lambda m: m.type == RI_RESP)  # the old answer arrives now
+    c.stabilize()
+    states = c.nodes[2].read_states
+    assert [s.ctx for s in states] == [2]
+    assert states[0].index >= write
+
+
 # -- leases ------------------------------------------------------------------------------
 LEASE = params(lease_reads=True)
 
