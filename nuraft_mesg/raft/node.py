@@ -244,6 +244,10 @@ class RaftNode:
         self._votes: dict[int, bool] = {}
         self._self_vote_durable = False
         self._leader_contact = False  # heard from a live leader since our timer last fired
+        # Lease reads: until our first election timeout, refuse to help elect anyone -- we
+        # may have acknowledged a leader's round just before a restart, and its lease counts
+        # on our refusal (docs/reads.md).
+        self._boot_lease = params.lease_reads
         self._target_priority = self.config.max_priority
         # Leader state.
         self.progress: dict[int, Progress] = {}
@@ -460,6 +464,7 @@ class RaftNode:
     def election_timeout(self) -> None:
         """The election timer fired: this node has not heard from a leader for a while."""
         self._leader_contact = False
+        self._boot_lease = False
         if self.role == Role.LEADER:
             return
         me = self._campaign_entry()
@@ -1018,7 +1023,7 @@ class RaftNode:
             return False
         if any(e.type == LogType.CUSTOM and e.buffer == FORCE_VOTE for e in m.entries):
             return False
-        if self.role == Role.LEADER:
+        if self.role == Role.LEADER or self._boot_lease:
             return True
         return self._leader_contact and self.leader_id != NO_LEADER
 

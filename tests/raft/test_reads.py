@@ -309,9 +309,19 @@ def test_an_answer_to_a_previous_incarnation_does_not_answer_a_new_read() -> Non
 LEASE = params(lease_reads=True)
 
 
+def _lease_elect(c: CoreCluster, leader: int) -> None:
+    """With lease reads, a member helps elect nobody before its first election timeout
+    (it may have acknowledged a round just before it restarted): let every timer fire."""
+    for i in c.nodes:
+        if i != leader:
+            c.election_timeout(i)
+    c.deliver_all()
+    c.elect(leader)
+
+
 def _lease_cluster() -> CoreCluster:
     c = cluster(params=LEASE)
-    c.elect(1)
+    _lease_elect(c, 1)
     c.now = 10.0
     c.stabilize()  # a tick round at t=10, acknowledged by everyone
     return c
@@ -343,7 +353,7 @@ def test_an_expired_lease_falls_back_to_a_round() -> None:
 
 def test_the_lease_runs_from_the_round_start_not_its_acknowledgement() -> None:
     c = cluster(params=LEASE)
-    c.elect(1)
+    _lease_elect(c, 1)
     c.stabilize()
     c.now = 100.0
     c.heartbeat(1)  # the round starts at t=100
@@ -363,6 +373,26 @@ def test_a_lease_is_refused_when_lease_reads_are_off_or_check_quorum_is() -> Non
         c.read(1, 1, lease=True)
     with pytest.raises(BadRequest):
         _lease_cluster().core(1).read_index(1, lease=True)  # no time given
+
+
+def test_with_leases_a_restarted_member_votes_only_after_its_election_timeout() -> None:
+    """Node 3 acknowledged leader 1's round, then restarted: it must not help elect 2 while
+    1's lease may still hold -- not before its own election timer has fired once."""
+    c = _lease_cluster()
+    c.crash(3)
+    c.restart(3)
+    c.isolate(1)
+    c.election_timeout(2)
+    c.deliver_all()
+    assert not c.core(2).is_leader and c.core(2).term == c.core(1).term
+    c.election_timeout(3)  # the lower election timeout has passed on 3's clock
+    c.deliver_all()
+    for _ in range(5):
+        if any(c.core(i).is_leader for i in (2, 3)):
+            break
+        c.election_timeout(2)
+        c.deliver_all()
+    assert any(c.core(i).is_leader for i in (2, 3))
 
 
 def test_a_leader_that_offered_its_leadership_has_no_lease() -> None:
