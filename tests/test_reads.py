@@ -254,3 +254,21 @@ async def test_an_early_election_waits_out_the_lease(
             assert group._election_deadline >= heard + low
         else:
             assert group._election_deadline <= trio.current_time() + low / 2
+
+
+async def test_reads_are_exported_as_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    metrics = pytest.importorskip("nuraft_mesg.metrics")
+    async with SimCluster.open(1, seed=11) as c:
+        gid = await c.create_group()
+        (node,) = c.nodes
+        assert await c.wait_until(lambda: c.leader(gid) is not None, timeout=10)
+        await node.mgr.read(gid, GET_X)
+        await node.mgr.read(gid, GET_X, mode="stale")
+        with pytest.raises(BadRequest):
+            await node.mgr.read(gid, b"nonsense")
+        text = metrics.render(node.mgr).decode()
+        for mode, count in (("linearizable", 1), ("lease", 0), ("stale", 1)):
+            assert (f'nuraft_mesg_group_reads_total{{group="{gid}",mode="{mode}",'
+                    f'server="{node.uuid}"}} {count:.1f}') in text
+        assert (f'nuraft_mesg_group_reads_failed_total{{group="{gid}",server="{node.uuid}"}}'
+                " 1.0") in text
