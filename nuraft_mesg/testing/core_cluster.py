@@ -219,10 +219,14 @@ class CoreCluster:
             n.events.extend(rd.events)
             n.read_states.extend(rd.read_states)
             n.read_failures.extend(rd.read_failures)
+            self.on_ready(i, rd)
             if not self.auto_persist:
                 break
             self.persist(i)
         self.checker.observe(i)
+
+    def on_ready(self, i: int, rd: Ready) -> None:
+        """Node ``i`` produced ``rd`` (a hook for subclasses, e.g. to follow its timers)."""
 
     def persist(self, i: int) -> bool:
         """Node ``i``'s storage write completes: persist, send the rest, apply, advance."""

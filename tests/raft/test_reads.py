@@ -9,17 +9,23 @@ a round only while it holds, and is refused when lease reads are off or cannot b
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, precondition, rule
+from hypothesis.stateful import (
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from nuraft_mesg.errors import BadRequest, Cancelled, NotLeader, RaftError, RaftTimeout
 from nuraft_mesg.raft.node import RaftNode
 from nuraft_mesg.raft.params import RaftParams
-from nuraft_mesg.raft.ready import ReadFailure, ReadState
+from nuraft_mesg.raft.ready import ReadFailure, ReadState, Ready
 from nuraft_mesg.raft.types import Message, MsgType
 from nuraft_mesg.testing.core_cluster import CoreCluster, SafetyViolation
 
@@ -36,7 +42,15 @@ from .helpers import (
     node,
     params,
 )
-from .test_property import LIVENESS_ROUNDS, STEPS, RaftMachine, _bucket, _pick
+from .test_property import (
+    LIVENESS_ROUNDS,
+    STEPS,
+    CountingChecker,
+    History,
+    RaftMachine,
+    _bucket,
+    _pick,
+)
 
 AE_REQ = MsgType.APPEND_ENTRIES_REQUEST
 RI_REQ = MsgType.READ_INDEX_REQUEST
@@ -462,12 +476,12 @@ class ReadMachine(RaftMachine):
             self._read(_pick(followers, k), count)
             self.calm(steps)
 
-    def _read(self, i: int, count: int) -> None:
+    def _read(self, i: int, count: int, *, lease: bool = False) -> None:
         for _ in range(count):
             self.next_ctx += 1
             bound = self._committed_max()
             try:
-                self.c.read(i, self.next_ctx)
+                self.c.read(i, self.next_ctx, lease=lease)
             except RaftError as exc:
                 event(f"read refused: {type(exc).__name__}")
                 return
@@ -571,3 +585,122 @@ def test_the_read_invariant_flags_a_stale_read() -> None:
     real = _deposed_leader_reads(RaftNode)
     real.reads_are_not_stale()
     assert real.c.nodes[1].read_states == []
+
+
+# -- property: lease reads, with the clocks of the lease's assumption ------------------------
+class TimedCluster(CoreCluster):
+    """One clock for every node (no drift): an election timer fires only once it is due --
+    firing one moves the clock there -- so followers keep the promise a lease rests on."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.deadlines: dict[int, float] = {}
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def on_ready(self, i: int, rd: Ready) -> None:
+        timer = rd.election_timer
+        if timer is not None:
+            self.deadlines[i] = math.inf if timer.stop else self.now + timer.timeout_ms / 1000
+
+    def election_timeout(self, i: int) -> None:
+        due = self.deadlines.get(i, self.now)
+        if due != math.inf:
+            self.now = max(self.now, due)
+        super().election_timeout(i)
+
+
+class LeaseMachine(ReadMachine):
+    """:class:`ReadMachine` with lease reads on, on a :class:`TimedCluster`: lease reads, the
+    clock moving on, and every fault of the machines before it.  Same invariant: no read
+    (lease or not) older than what was committed when it began."""
+
+    @initialize(
+        size=st.integers(3, 5),
+        seed=st.integers(0, 2**32 - 1),
+        pre_vote=st.booleans(),
+        expiry_ms=st.sampled_from([300, 0]),  # check-quorum is required for leases
+        warm=st.integers(0, 3),
+    )
+    def setup_timed(self, size: int, seed: int, pre_vote: bool, expiry_ms: int,
+                    warm: int) -> None:
+        prm = RaftParams(pre_vote=pre_vote, leadership_expiry_ms=expiry_ms, lease_reads=True)
+        self.c = TimedCluster(range(1, size + 2), members=range(1, size + 1), params=prm,
+                              seed=seed, auto_persist=False,
+                              node_factory=type(self).node_factory)
+        self.checker = CountingChecker(self.c)
+        self.c.checker = self.checker
+        self.h = History(self.c)
+        self.ids = sorted(self.c.nodes)
+        self.ready = True
+        if warm:
+            for i in self.ids:
+                if i != warm:
+                    self.c.election_timeout(i)
+            self.c.deliver_all()
+            self.c.elect(warm)
+            self.c.stabilize()
+
+    def setup(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("LeaseMachine uses setup_timed")
+
+    @rule(ms=st.integers(1, 400))
+    def clock(self, ms: int) -> None:
+        self.c.now += ms / 1000
+
+    @precondition(lambda self: bool(self.c.leaders()))
+    @rule(k=st.integers(0, 6), count=st.integers(1, 3), steps=st.integers(0, 30))
+    def lease_read_on_leader(self, k: int, count: int, steps: int) -> None:
+        self._read(_pick(self.leaders(), k), count, lease=True)
+        self.calm(steps)
+
+    @precondition(lambda self: bool(self.c.leaders()))
+    @rule(k=st.integers(0, 6), steps=st.integers(0, 60))
+    def depose_leader(self, k: int, steps: int) -> None:
+        """Cut a leader off and let every other member's election timer fire (the clock
+        moves on as far as that takes): the others may elect a new leader while the old one
+        still leads in its own eyes -- the case a lease must survive."""
+        lead = _pick(self.leaders(), k)
+        self.c.isolate(lead)
+        for i in self.alive():
+            if i != lead:
+                self.c.election_timeout(i)
+        self.calm(steps)
+
+
+LeaseMachine.TestCase.settings = settings(settings.default, stateful_step_count=STEPS)
+TestLeaseMachine = LeaseMachine.TestCase
+
+
+class LeaseNeverExpires(RaftNode):
+    """Planted bug: once a round confirmed, the leader's lease holds forever."""
+
+    def lease_valid(self, now: float) -> bool:
+        return (self.is_leader and self._own_term_committed()
+                and self._lreads.lease_start is not None)
+
+
+def _lease_read_on_a_deposed_leader(factory: type[RaftNode]) -> LeaseMachine:
+    """Drive the lease machine by hand: leader 1 is cut off, the others' timers fire and
+    they elect a new leader, then 1 (which does not know) is asked for a lease read."""
+    class Machine(LeaseMachine):
+        node_factory = factory
+
+    m = Machine()
+    m.setup_timed(size=3, seed=1, pre_vote=True, expiry_ms=0, warm=1)
+    m.depose_leader(0, 200)
+    for _ in range(5):
+        if any(m.c.core(i).is_leader for i in (2, 3)):
+            break
+        m.campaign(1, 200)
+    assert m.c.core(1).is_leader and any(m.c.core(i).is_leader for i in (2, 3))
+    m.reads_are_not_stale()
+    m._read(1, 1, lease=True)
+    return m
+
+
+def test_the_lease_invariant_flags_a_lease_that_never_expires() -> None:
+    broken = _lease_read_on_a_deposed_leader(LeaseNeverExpires)
+    with pytest.raises(SafetyViolation, match="stale read"):
+        broken.reads_are_not_stale()
+    real = _lease_read_on_a_deposed_leader(RaftNode)
+    real.reads_are_not_stale()
+    assert real.c.nodes[1].read_states == []  # its lease ran out: it needs a round
