@@ -140,6 +140,13 @@ class Failed(RaftError):
     code = ResultCode.FAILED
 
 
+class ResultUnknown(Failed):
+    """The entries were committed, but their state machine results never existed on this
+    node: it received them inside a snapshot (a newer leader's) instead of applying them one
+    by one.  The write took effect exactly once; only its result is lost.  Read the state
+    back (or use a client session, whose retry answers with the recorded result)."""
+
+
 class StorageError(Failed):
     """A durable store could not read or write (disk full, read-only, I/O error, corrupt
     data).  Nothing the failed operation wrote may be relied on; the group that hit it stops
