@@ -393,7 +393,7 @@ class RaftNode:
         ``ready()``; the Ready's contents are handed over exactly once."""
         if self._outstanding is not None:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
-        self._send_reads()
+        self._send_pending()
         rd = Ready()
         rd.truncate_from, rd.first_index, rd.entries = self.log.take_unstable()
         hs = self.hard_state
@@ -746,7 +746,7 @@ class RaftNode:
                     and self._own_term_committed()))
         return bool(self._freads.pending) and self.leader_id not in (NO_LEADER, self.id)
 
-    def _send_reads(self) -> None:
+    def _send_pending(self) -> None:
         """At ready(): start a round for the reads queued since the last one (leader), or
         forward them in one request (follower); and the appends a proposal left pending.  A
         round's appends and heartbeats leave together: one message per peer."""
