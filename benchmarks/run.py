@@ -20,6 +20,10 @@ docs/benchmarks.md explains each in detail):
    write that commits (an ExternalClient loop), p50/p99; the killed node is restarted.
 5. Creating and electing 10,000 3-member groups: wall time (capped; partial result recorded).
 6. PySyncObj on workload 1 (``benchmarks/pysyncobj_bench.py``), same sweep, and the ratio.
+7. Reads (docs/reads.md): one group, 3 nodes with lease reads on; for each proposer count of
+   the sweep, writes (as workload 1), then linearizable, lease and follower (linearizable, on
+   a follower) reads by as many concurrent readers (``Manager.read``): reads/s, p50/p99, and
+   linearizable reads per write.
 
 The full run writes ``<out>/benchmarks.json`` and ``<out>/benchmarks.png`` (``--out``
 defaults to docs/ for a full run and to a temporary directory for ``--quick``) and, when
@@ -109,10 +113,12 @@ class Settings:
 # =============================================================================================
 class BenchNode(NodeProcess):
     def __init__(self, name: str, log_dir: Path, settings: Settings,
-                 data_dir: Path | None) -> None:
+                 data_dir: Path | None, *, lease_reads: bool = False) -> None:
         self.uuid = str(uuid.uuid4())
         self.port = free_port()
         argv = [PY, NODE, "--uuid", self.uuid, "--port", str(self.port)]
+        if lease_reads:
+            argv.append("--lease-reads")
         if data_dir is not None:
             argv += ["--data-dir", str(data_dir)]
         if settings.heartbeat_ms:
@@ -126,13 +132,14 @@ class BenchNode(NodeProcess):
 
 class Cluster:
     def __init__(self, label: str, log_dir: Path, settings: Settings, *, n: int = 3,
-                 durable: bool = False) -> None:
+                 durable: bool = False, lease_reads: bool = False) -> None:
         self.label = label
         self.dir = log_dir / label
         self.dir.mkdir(parents=True, exist_ok=True)
         self.nodes = [
             BenchNode(f"{label}-n{i + 1}", self.dir, settings,
-                      self.dir / f"data-n{i + 1}" if durable else None)
+                      self.dir / f"data-n{i + 1}" if durable else None,
+                      lease_reads=lease_reads)
             for i in range(n)
         ]
         self.params: dict[str, Any] = {}
@@ -261,10 +268,12 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def run_load(cluster: Cluster, nodes: list[BenchNode], gids: list[str], proposers: int,
-             s: Settings, seconds: float | None = None) -> dict[str, Any]:
+             s: Settings, seconds: float | None = None, *, read: str | None = None,
+             role: str = "leader") -> dict[str, Any]:
     seconds = seconds or s.load_seconds
-    cmd = {"op": "load", "groups": gids, "proposers": proposers, "warmup_s": s.warmup,
-           "seconds": seconds, "size": ENTRY_SIZE}
+    cmd: dict[str, Any] = {"op": "load", "groups": gids, "proposers": proposers,
+                           "warmup_s": s.warmup, "seconds": seconds, "size": ENTRY_SIZE,
+                           "read": read, "role": role}
     for n in nodes:
         n.send(cmd)
     time.sleep(s.warmup)
@@ -390,6 +399,41 @@ def workload2(s: Settings, log_dir: Path) -> dict[str, Any]:
     res.update({"groups": s.w2_groups, "created": created["created"], "sweep": points,
                 "led_per_node": led, "create_s": round(created["wall_s"], 2)})
     return res
+
+
+READ_KINDS = (("linearizable", "linearizable", "leader"), ("lease", "lease", "leader"),
+              ("follower", "linearizable", "follower"))
+"""Workload 7's read kinds: (name, Manager.read mode, where the readers run)."""
+
+
+def workload7(s: Settings, log_dir: Path) -> dict[str, Any]:
+    sweep: list[dict[str, Any]] = []
+    with Cluster("w7", log_dir, s, lease_reads=True) as cluster:
+        gid = cluster.one_group()
+        for p in s.sweep:
+            leader = cluster.wait_leader(gid, 15)
+            if leader is None:
+                log(f"  w7 proposers={p}: no leader within 15 s")
+                continue
+            follower = next(n for n in cluster.nodes if n is not leader)
+            point: dict[str, Any] = {"proposers": p,
+                                     "writes": run_load(cluster, [leader], [gid], p, s)}
+            for name, mode, role in READ_KINDS:
+                node = leader if role == "leader" else follower
+                point[name] = run_load(cluster, [node], [gid], p, s, read=mode, role=role)
+            writes = point["writes"]["commits_per_s"]
+            lin = point["linearizable"]["commits_per_s"]
+            point["linearizable_per_write"] = round(lin / writes, 2) if writes else None
+            log(f"  w7 proposers={p}: writes {writes:.0f}/s; " + "; ".join(
+                f"{name} {point[name]['commits_per_s']:.0f}/s (p50 {point[name]['p50_ms']} "
+                f"p99 {point[name]['p99_ms']} ms, errors {point[name]['errors']})"
+                for name, _, _ in READ_KINDS))
+            sweep.append(point)
+    if not sweep:
+        raise RuntimeError("workload 7: no sweep point ran")
+    return {"sweep": sweep,
+            "best": {name: max(pt[name]["commits_per_s"] for pt in sweep)
+                     for name in ("writes", *(k for k, _, _ in READ_KINDS))}}
 
 
 def idle_measure(cluster: Cluster, s: Settings, groups: int) -> dict[str, Any]:
@@ -813,6 +857,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         others.append(f"(2) {w2['others_busy_cores']}")
     if w34:
         others += [f"(3, {i['groups']:,}) {i['others_busy_cores']}" for i in w34["idle"]]
+    w7 = results.get("w7")
+    if w7:
+        for pt in w7["sweep"]:
+            ratio = pt["linearizable_per_write"]
+            row("7 reads", f"reads/s (p50/p99 ms) at {pt['proposers']} readers: "
+                "writes / linearizable / lease / follower",
+                " / ".join(f"{fmt(pt[k]['commits_per_s'])} ({fmt(pt[k]['p50_ms'], 1)}/"
+                           f"{fmt(pt[k]['p99_ms'], 1)})"
+                           for k in ("writes", "linearizable", "lease", "follower")))
+            row("7 reads", f"linearizable reads per write at {pt['proposers']} readers",
+                fmt(ratio, 2), ">= 2.00", ratio is not None and ratio >= 2.0)
     if others:
         row("machine", "other processes' CPU in the measured windows (cores of "
             f"{results['meta']['cpus']})", ", ".join(others))
@@ -1053,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller, shorter (~1 minute)")
-    parser.add_argument("--only", default="0,1,2,3,4,5,6",
+    parser.add_argument("--only", default="0,1,2,3,4,5,6,7",
                         help="comma-separated workload numbers (default: all; 0 is the "
                         "transport micro-benchmark)")
     parser.add_argument("--out", type=Path, help="where the JSON and PNG go "
@@ -1133,6 +1188,9 @@ def main(argv: list[str] | None = None) -> int:
             attempt("w2", f"2: {s.w2_groups} active groups", workload2, s, log_dir)
         if 4 in only:
             attempt("w4", f"4: failover x{s.kills}", workload4, s, log_dir)
+        if 7 in only:
+            attempt("w7", "7: reads (linearizable, lease, follower) vs writes", workload7, s,
+                    log_dir)
         if 3 in only or 5 in only:
             if 3 not in only:
                 s.idle_sizes = [max(s.idle_sizes)]  # workload 5 alone: just the largest

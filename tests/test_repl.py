@@ -174,6 +174,8 @@ def test_groups_writes_partition_heal_kill_restart(repl: Terminal) -> None:
     term.command("heal()", r"healed: every link restored\n")
     term.command("await wait_applied(g)")
     term.command("kv(g, m1)", r"\n\{'x': '1', 'y': '2'\}\n")
+    term.command("await get(g, 'y', m3)", r"\n'2'\n")  # a follower read
+    term.command("(await get(g, 'z', mode='stale')) is None", r"\nTrue\n")
 
     # Kill and restart a node: m3 follows the node's new Manager.
     term.command("await kill(m3)", r"\nnode3 killed\n")

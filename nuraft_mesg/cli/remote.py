@@ -37,6 +37,8 @@ from nuraft_mesg.cli.security import Security, add_security_arguments, parse_arg
 from nuraft_mesg.cli.status_format import format_status
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
+from nuraft_mesg.reads import READ_MODES
+from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.transport.base import Status, TransportError
 
 __all__ = ["client_main", "load_peers", "parse_peer", "status_main"]
@@ -136,8 +138,8 @@ def _client_for(args: argparse.Namespace, security: Security,
 def client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nuraft-mesg client",
-        description="An external client (not a group member): add or remove a member, or "
-        "append an entry, through any member; leader redirects are followed and "
+        description="An external client (not a group member): add or remove a member, "
+        "append an entry, or read, through any member; leader redirects are followed and "
         "SERVER_IS_JOINING / CONFIG_CHANGING retried with a bounded back-off.",
         epilog=_SECURITY_EPILOG,
     )
@@ -147,6 +149,13 @@ def client_parser() -> argparse.ArgumentParser:
     op.add_argument("--add", metavar="UUID", help="add this server to the group")
     op.add_argument("--remove", metavar="UUID", help="remove this server from the group")
     op.add_argument("-m", "--message", help="append this message (UTF-8) to the group's log")
+    op.add_argument("--get", metavar="KEY",
+                    help="read KEY from the KV state machine (the query 'get KEY')")
+    op.add_argument("--query", metavar="TEXT",
+                    help="send this read-only query (UTF-8) to the group's state machine")
+    parser.add_argument("--mode", choices=READ_MODES, default="linearizable",
+                        help="consistency of --get / --query (default linearizable; see "
+                        "docs/reads.md)")
     parser.add_argument("--priority", type=int, default=1, help="priority of an added member")
     parser.add_argument("--learner", action="store_true", help="add the member as a learner")
     parser.add_argument("--retry-timeout", type=float, default=10.0,
@@ -164,6 +173,15 @@ async def _client(args: argparse.Namespace, security: Security, out: TextIO) -> 
         elif args.remove is not None:
             await client.rem_server(args.group, args.remove, dest)
             print(f"removed {args.remove} from {args.group}", file=out)
+        elif args.get is not None:
+            answer = await client.read(args.group, KVStateMachine.get_query(args.get), dest,
+                                       mode=args.mode)
+            value = KVStateMachine.decode_get(answer)
+            print(f"{args.get} = {value}" if value is not None else f"{args.get} is not set",
+                  file=out)
+        elif args.query is not None:
+            answer = await client.read(args.group, args.query.encode(), dest, mode=args.mode)
+            print(answer.decode(errors="replace"), file=out)
         else:
             result = await client.append_entry(args.group, args.message.encode(), dest)
             print(f"appended; result: {result.decode(errors='replace')}", file=out)

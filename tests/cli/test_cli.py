@@ -113,6 +113,14 @@ async def test_server_client_status_processes(tmp_path: Path) -> None:
                              "-g", gid, "-m", "set colour blue")
             assert done.returncode == 0, done.stderr.decode()
             assert "appended; result: OK" in done.stdout.decode()
+            # Read it back through the follower (at the leader's read index), and a miss.
+            done = await run(PYTHON, "-m", "nuraft_mesg", "client", "--server", a2, *peers,
+                             "-g", gid, "--get", "colour")
+            assert done.returncode == 0, done.stderr.decode()
+            assert "colour = blue" in done.stdout.decode()
+            done = await run(PYTHON, "-m", "nuraft_mesg", "client", "--server", a1, *peers,
+                             "-g", gid, "--get", "size", "--mode", "stale")
+            assert "size is not set" in done.stdout.decode(), done.stderr.decode()
 
             # The table on the leader: group, leader (this node), term, commit, members, lag.
             done = await run(PYTHON, "-m", "nuraft_mesg", "status", "--server", a1)
