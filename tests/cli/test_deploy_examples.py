@@ -31,6 +31,7 @@ from . import PYTHON, ROOT, children, free_ports, run
 DEPLOY = ROOT / "examples" / "deploy"
 K8S = DEPLOY / "k8s"
 
+
 def _yaml() -> Any:
     return pytest.importorskip("yaml", reason="PyYAML is not installed (the docs extra has it)")
 
