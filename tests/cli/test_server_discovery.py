@@ -12,6 +12,7 @@ every machine resolves.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import sys
 import uuid
@@ -22,6 +23,7 @@ import pytest
 import trio
 
 from nuraft_mesg.cli.remote import load_peers
+from nuraft_mesg.cli.server import main as server_main
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.transport.status import GroupStatus
@@ -164,3 +166,81 @@ async def test_peers_file_cluster_on_three_addresses_survives_a_kill9(tmp_path: 
                 assert nodes[0].find("rejoined, not created"), nodes[0].output
             for node in nodes:
                 assert await node.stop() == 0, node.output
+
+
+def _dns_prefix() -> int:
+    """A number ``p`` such that the ports ``p0``, ``p1`` and ``p2`` (decimal digits appended)
+    were free on 127.0.0.1 a moment ago."""
+    rng = random.Random()
+    for _ in range(100):
+        prefix = rng.randrange(2000, 6500)
+        if all(_port_free_on(["127.0.0.1"], prefix * 10 + i) for i in range(3)):
+            return prefix
+    raise AssertionError("no free run of three ports")
+
+
+async def test_peer_dns_cluster_resolves_names_at_connect_time(tmp_path: Path) -> None:
+    """``--peer-dns 'localhost:<p>{ordinal}' --dns-members U0,U1,U2``: the nodes dial each
+    other by a host name through their resolver, as StatefulSet pods do; the first one
+    bootstraps the group with the other members."""
+    uuids = [str(uuid.uuid4()) for _ in range(3)]
+    gid = str(uuid.uuid4())
+    prefix = _dns_prefix()
+    template = f"localhost:{prefix}{{ordinal}}"
+    dns = ["--peer-dns", template, "--dns-members", ",".join(uuids)]
+    peers = {u: f"127.0.0.1:{prefix}{i}" for i, u in enumerate(uuids)}
+    with trio.fail_after(45):
+        async with children() as kids, ExternalClient(peers, request_timeout=2.0) as client:
+            nodes = []
+            for i, u in enumerate(uuids):
+                create = ["--create-group", gid] if i == 0 else []
+                nodes.append(await kids.spawn(f"d{i}", *_server_argv(
+                    u, "127.0.0.1", prefix * 10 + i, tmp_path / f"d{i}",
+                    tmp_path / f"d{i}.ready", *dns, *create)))
+            for i, node in enumerate(nodes):
+                await _wait_ready(node, tmp_path / f"d{i}.ready")
+            for k in range(5):
+                await _write(client, gid, uuids[2], b"set d%d %d" % (k, k))
+            groups = await _wait_caught_up(client, uuids, gid, 5)
+            assert all({m.peer_id for m in g.members} == set(uuids) for g in groups)
+            for node in nodes:
+                assert await node.stop() == 0, node.output
+
+
+def _server_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        server_main(["--uuid", MEMBERS[0], "--data-dir", "unused", *argv])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+MEMBERS = [str(uuid.uuid4()) for _ in range(3)]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--peers-file", "p.toml", "--peer", f"{MEMBERS[1]}=h:1"],
+     "--peer and --peers-file do not combine"),
+    (["--peers-file", "p.toml", "--peer-dns", "n-{ordinal}:7000"],
+     "--peers-file and --peer-dns do not combine"),
+    (["--dns-members", ",".join(MEMBERS)], "--dns-members needs --peer-dns"),
+    (["--peer-dns", "n-{ordinal}:7000"], "uses {ordinal}: list the members"),
+    (["--peer-dns", "{uuid}.nuraft:7000", "--create-group", MEMBERS[2]],
+     "--create-group with --peer-dns needs --dns-members"),
+    (["--peer-dns", "n-{ordinal}:7000", "--dns-members", ",".join(MEMBERS[1:])],
+     "is not one of --dns-members"),
+    (["--peer-dns", "n-{ordinal}:7000", "--dns-members", f"{MEMBERS[0]},nope"],
+     "'nope' is not a uuid"),
+    (["--peer-dns", "n-{pod}:7000", "--dns-members", MEMBERS[0]], "use the fields"),
+    (["--peer-dns", "n-{ordinal}", "--dns-members", MEMBERS[0]], "gives no host:port"),
+    (["--peers-file", "missing.toml"], "peers file missing.toml"),
+])
+def test_peer_option_errors(capsys: pytest.CaptureFixture[str], argv: list[str],
+                            message: str) -> None:
+    assert message in _server_error(capsys, *argv)
+
+
+def test_a_bad_peers_file_is_refused_at_start(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    bad = tmp_path / "peers.toml"
+    bad.write_text('[peers]\n"not-a-uuid" = "h:1"\n')
+    assert "is not a uuid" in _server_error(capsys, "--peers-file", str(bad))
