@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from nuraft_mesg import DnsApplication
+from nuraft_mesg.cli.remote import load_peers
 from nuraft_mesg.discovery import load_peers_file
 
 from . import PYTHON, ROOT, children, free_ports, run
@@ -159,6 +160,7 @@ def test_compose_nodes_match_the_peers_file() -> None:
     services = compose["services"]
     assert len(services) == 3
     peers = load_peers_file(DEPLOY / "config" / "peers.toml")
+    assert load_peers(DEPLOY / "config" / "peers.toml") == peers  # the client reads it too
     seen: dict[str, str] = {}
     creators = []
     for name, service in services.items():
