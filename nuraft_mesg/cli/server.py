@@ -166,11 +166,8 @@ def _describe(security: Security) -> str:
     return ", ".join(parts)
 
 
-PeerApplication = InMemoryApplication | DnsApplication
-
-
 def check_peer_options(parser: argparse.ArgumentParser,
-                       args: argparse.Namespace) -> PeerApplication:
+                       args: argparse.Namespace) -> InMemoryApplication:
     """The application of the peer options; combinations that make no sense, a bad peers
     file or DNS template are argparse errors (exit status 2), not a crash after start-up."""
     sources = [name for name, given in (("--peer", bool(args.peer)),
@@ -190,8 +187,9 @@ def check_peer_options(parser: argparse.ArgumentParser,
         parser.error(str(exc))
 
 
-def make_application(args: argparse.Namespace) -> PeerApplication:
-    """The :class:`MessagingApplication` of the peer options (raises ``ValueError``)."""
+def make_application(args: argparse.Namespace) -> InMemoryApplication:
+    """The :class:`MessagingApplication` of the peer options (raises ``ValueError``); the
+    discovery applications are :class:`InMemoryApplication` s that fill the table their way."""
     factory = _with_sessions if args.sessions else KVStateMachine
     if args.peers_file is not None:
         return PeersFileApplication(args.uuid, args.peers_file, state_machine_factory=factory)
@@ -202,7 +200,7 @@ def make_application(args: argparse.Namespace) -> PeerApplication:
 
 
 async def serve(args: argparse.Namespace, security: Security | None = None,
-                app: PeerApplication | None = None) -> None:
+                app: InMemoryApplication | None = None) -> None:
     security = security or Security(None, None, None)
     app = app or make_application(args)
     tls = security.tls
@@ -220,7 +218,7 @@ async def serve(args: argparse.Namespace, security: Security | None = None,
                         snapshot_distance=args.snapshot_distance,
                         reserved_log_items=args.reserved_log_items)
     async with Manager(config, app) as mgr:
-        if type(app) is InMemoryApplication:  # a --peer table: add this node to it
+        if args.peers_file is None and args.peer_dns is None:  # a --peer table: add this node
             app.directory[args.uuid] = f"{args.host}:{mgr.port}"
         mgr.register_group_type(args.group_type, params)
         for gid in args.create_group:
