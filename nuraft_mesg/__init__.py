@@ -35,9 +35,11 @@ _EXPORTS: dict[str, str] = {
     "CannotRemoveLeader": "nuraft_mesg.errors",
     "ConfigChanging": "nuraft_mesg.errors",
     "Failed": "nuraft_mesg.errors",
+    "ResultUnknown": "nuraft_mesg.errors",
     "StorageError": "nuraft_mesg.errors",
     "SessionExpired": "nuraft_mesg.errors",
     "NotLeader": "nuraft_mesg.errors",
+    "QueryNotSupported": "nuraft_mesg.errors",
     "RaftError": "nuraft_mesg.errors",
     "RaftTimeout": "nuraft_mesg.errors",
     "ResultCode": "nuraft_mesg.errors",
@@ -91,9 +93,11 @@ if TYPE_CHECKING:
     from nuraft_mesg.errors import ConfigChanging as ConfigChanging
     from nuraft_mesg.errors import Failed as Failed
     from nuraft_mesg.errors import NotLeader as NotLeader
+    from nuraft_mesg.errors import QueryNotSupported as QueryNotSupported
     from nuraft_mesg.errors import RaftError as RaftError
     from nuraft_mesg.errors import RaftTimeout as RaftTimeout
     from nuraft_mesg.errors import ResultCode as ResultCode
+    from nuraft_mesg.errors import ResultUnknown as ResultUnknown
     from nuraft_mesg.errors import ServerAlreadyExists as ServerAlreadyExists
     from nuraft_mesg.errors import ServerIsJoining as ServerIsJoining
     from nuraft_mesg.errors import ServerIsLeaving as ServerIsLeaving

@@ -95,6 +95,11 @@ class BadRequest(RaftError):
     code = ResultCode.BAD_REQUEST
 
 
+class QueryNotSupported(BadRequest):
+    """The group's state machine answers no read-only queries (it does not override
+    :meth:`~nuraft_mesg.storage.interfaces.StateMachine.query`)."""
+
+
 class ServerAlreadyExists(RaftError):
     code = ResultCode.SERVER_ALREADY_EXISTS
 
@@ -133,6 +138,13 @@ class TermMismatch(RaftError):
 
 class Failed(RaftError):
     code = ResultCode.FAILED
+
+
+class ResultUnknown(Failed):
+    """The entries were committed, but their state machine results never existed on this
+    node: it received them inside a snapshot (a newer leader's) instead of applying them one
+    by one.  The write took effect exactly once; only its result is lost.  Read the state
+    back (or use a client session, whose retry answers with the recorded result)."""
 
 
 class StorageError(Failed):

@@ -56,6 +56,7 @@ from nuraft_mesg.errors import (
     Failed,
     RaftError,
     RaftTimeout,
+    ResultUnknown,
     StorageError,
     TermMismatch,
 )
@@ -648,8 +649,9 @@ class RaftGroup(GroupTimers):
     def _settle_snapshotted_waiters(self, meta: SnapshotMeta) -> None:
         """Entries up to ``meta.last_index`` will not be applied one by one here.  If the
         snapshot ends in a waiter's term, its entries are in it (the leader of that term
-        created both, and a leader never rewrites its log); their results are unknown (empty).
-        Otherwise this node cannot tell whether they survived."""
+        created both, and a leader never rewrites its log): committed, with results this node
+        never computed (:class:`ResultUnknown`, never invented empty results).  Otherwise
+        this node cannot tell whether they survived (:class:`Cancelled`)."""
         for index in sorted(i for i in self._apply_waiters if i <= meta.last_index):
             w = self._apply_waiters.pop(index, None)
             if w is None:
@@ -657,12 +659,12 @@ class RaftGroup(GroupTimers):
             if w.term != meta.last_term:
                 w.slot.fail(Cancelled(f"entries {w.first}..{w.last} arrived in a snapshot; "
                                       "their outcome is unknown here"))
-                for i in range(index + 1, w.last + 1):
-                    self._apply_waiters.pop(i, None)
-                continue
-            w.results.append(b"")
-            if index == w.last:
-                w.slot.set(w.results)
+            else:
+                w.slot.fail(ResultUnknown(f"entries {w.first}..{w.last} are committed (in "
+                                          f"snapshot {meta.last_index}/{meta.last_term}) but "
+                                          "their results were not computed on this node"))
+            for i in range(index + 1, w.last + 1):
+                self._apply_waiters.pop(i, None)
 
     def _dispatch(self, messages: list[Message]) -> None:
         for m in messages:

@@ -263,6 +263,10 @@ class SessionStateMachine(StateMachine):
     def last_commit_index(self) -> int:
         return self._last_index
 
+    def query(self, query: bytes) -> bytes:
+        """Reads are the inner machine's: sessions only deduplicate writes."""
+        return self.inner.query(query)
+
     # -- snapshots: the session table's objects, then the inner machine's ---------------------
     # Session entries that the inner machine never sees (registrations, answered retries)
     # leave it behind the wrapper's applied index, so the inner snapshot is taken at *its*

@@ -146,6 +146,17 @@ def test_plain_entries_pass_through_and_malformed_headers_are_refused() -> None:
     assert r.kv.data == {"x": "1"}
 
 
+def test_queries_go_to_the_inner_machine() -> None:
+    r = Replica()
+    epoch = r.register(A)
+    assert r.write(A, epoch, 1, b"set k v") == (Status.OK, b"OK")
+    assert r.sm.query(b"get k") == b"=v"
+    assert r.sm.query(b"get other") == b"-"
+    with pytest.raises(BadRequest):
+        r.sm.query(b"bogus")
+    assert r.applied() == [b"set k v"]
+
+
 def test_a_result_that_is_not_a_session_result_is_a_bad_request() -> None:
     with pytest.raises(BadRequest):
         decode_result(b"OK")

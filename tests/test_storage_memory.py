@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from nuraft_mesg.errors import BadRequest, QueryNotSupported
 from nuraft_mesg.raft.ready import BecomeLeader, RemovedFromCluster
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, ServerConfig
 from nuraft_mesg.storage import (
@@ -289,6 +290,56 @@ def test_kv_empty_value_and_overwrite() -> None:
     assert sm.data == {"k": ""}
     sm.commit(2, b"set k v2")
     assert sm.data == {"k": "v2"}
+
+
+def test_kv_query_reads_values_and_tells_a_missing_key_from_an_empty_value() -> None:
+    sm = KVStateMachine()
+    get = KVStateMachine.get_query
+    assert sm.query(get("k")) == b"-"
+    sm.commit(1, b"set k ")
+    sm.commit(2, b"set v hello world")
+    assert sm.query(get("k")) == b"="
+    assert sm.query(b"get v") == b"=hello world"
+    assert KVStateMachine.decode_get(sm.query(get("k"))) == ""
+    assert KVStateMachine.decode_get(sm.query(get("v"))) == "hello world"
+    sm.commit(3, b"del k")
+    assert KVStateMachine.decode_get(sm.query(get("k"))) is None
+    assert KVStateMachine.decode_get(sm.query(get("never"))) is None
+    assert sm.data == {"v": "hello world"}  # queries change nothing
+    assert sm.last_commit_index() == 3
+    assert [i for i, _ in sm.applied] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "query", [b"", b"get", b"get ", b"get a b", b"GET a", b"set a 1", b"\xff", b"get \xff"]
+)
+def test_kv_malformed_queries_are_bad_requests(query: bytes) -> None:
+    sm = KVStateMachine()
+    sm.commit(1, b"set a 1")
+    with pytest.raises(BadRequest):
+        sm.query(query)
+    assert sm.data == {"a": "1"}
+
+
+@pytest.mark.parametrize("answer", [b"", b"OK", b"+x", b"=\xff", b"--"])
+def test_kv_decode_get_refuses_what_query_never_answers(answer: bytes) -> None:
+    with pytest.raises(BadRequest):
+        KVStateMachine.decode_get(answer)
+
+
+def test_the_default_query_hook_is_a_typed_refusal() -> None:
+    from nuraft_mesg.storage.interfaces import StateMachine
+
+    class Opaque(StateMachine):
+        def commit(self, index: int, data: bytes) -> bytes:
+            return data
+
+        def last_commit_index(self) -> int:
+            return 0
+
+    with pytest.raises(QueryNotSupported) as info:
+        Opaque().query(b"get a")
+    assert isinstance(info.value, BadRequest)  # mapped like any bad request on the wire
 
 
 def test_kv_config_entries_advance_the_index() -> None:

@@ -28,6 +28,7 @@ import abc
 from collections.abc import Sequence
 from typing import ClassVar
 
+from nuraft_mesg.errors import QueryNotSupported
 from nuraft_mesg.raft.ready import Event
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, SnapshotMeta
 
@@ -186,6 +187,17 @@ class StateMachine(abc.ABC):
         below it again, so a durable state machine must persist it atomically with the effects
         of that entry.  An in-memory one returns what it applied in this process.
         """
+
+    def query(self, query: bytes) -> bytes:
+        """Answer the read-only ``query`` from the current state, without changing it.
+
+        The read path (linearizable, lease and stale reads) calls this once the state is
+        known to be recent enough, so it must not mutate anything: a query is not in the log
+        and runs on one replica only.  The encoding of queries and answers is the state
+        machine's own.  Malformed queries raise :class:`~nuraft_mesg.errors.BadRequest`.
+        The default raises :class:`~nuraft_mesg.errors.QueryNotSupported`.
+        """
+        raise QueryNotSupported(f"{type(self).__name__} answers no queries")
 
     # -- snapshots (optional) ----------------------------------------------------------------
     @property

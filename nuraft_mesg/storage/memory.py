@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import trio
 
+from nuraft_mesg.errors import BadRequest
 from nuraft_mesg.raft.ready import Event
 from nuraft_mesg.raft.types import (
     ClusterConfig,
@@ -118,6 +119,10 @@ class KVStateMachine(StateMachine):
     echoed back, like nuraft_mesg's echo state machine.  :attr:`applied` holds every
     ``(index, data)`` in order, so tests can compare replicas entry by entry.
 
+    Reads: :meth:`query` answers ``b"get <key>"`` with ``b"=" + value`` when the key is set
+    and ``b"-"`` when it is not (values may be empty, so a missing key needs its own answer);
+    :meth:`get_query` and :meth:`decode_get` build and read them.
+
     Snapshots are supported: one is :attr:`data`, :attr:`applied` and :attr:`configs` as
     JSON, sent in objects of ``snapshot_chunk_size`` bytes (small sizes exercise multi-object
     transfers).  It keeps its latest snapshot and one staged incoming snapshot in memory.
@@ -154,6 +159,42 @@ class KVStateMachine(StateMachine):
     def commit_config(self, index: int, config: ClusterConfig) -> None:
         self._advance(index)
         self.configs.append((index, config))
+
+    def query(self, query: bytes) -> bytes:
+        """``b"get <key>"``: ``b"=" + value``, or ``b"-"`` for a key that is not set.
+
+        Raises:
+            BadRequest: anything else (another verb, no key, a key with a space, not UTF-8).
+        """
+        try:
+            verb, _, key = query.decode("utf-8").partition(" ")
+        except UnicodeDecodeError:
+            raise BadRequest("a KV query is UTF-8 text") from None
+        if verb != "get" or not key or " " in key:
+            raise BadRequest(f"a KV query is b'get <key>', not {query[:64]!r}")
+        value = self.data.get(key)
+        return b"-" if value is None else b"=" + value.encode("utf-8")
+
+    @staticmethod
+    def get_query(key: str) -> bytes:
+        """The query that reads ``key``."""
+        return b"get " + key.encode("utf-8")
+
+    @staticmethod
+    def decode_get(answer: bytes) -> str | None:
+        """The value in an answer of :meth:`query`; None for a key that is not set.
+
+        Raises:
+            BadRequest: not an answer of :meth:`query`.
+        """
+        if answer == b"-":
+            return None
+        if answer.startswith(b"="):
+            try:
+                return answer[1:].decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        raise BadRequest(f"not a KV read answer: {answer[:64]!r}")
 
     def last_commit_index(self) -> int:
         return self._last_index

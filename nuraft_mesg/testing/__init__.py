@@ -16,6 +16,12 @@ Property testing of your state machine over live Raft groups (see docs/testing.m
 * :class:`RaftClusterMachine`: a Hypothesis state machine to subclass with your own
   state machine (and your own rules).
 
+Linearizability: :class:`History` records what clients invoked and saw (JSON lines on disk);
+:func:`check_kv` (or :func:`check` with your own :class:`Model`) decides whether it is
+linearizable and explains a violation; :func:`simulated_history` makes linearizable ones;
+:class:`SimKVClients` records one from concurrent clients of a SimCluster group (reads
+through the log: :class:`LogReadKV`).
+
 DNS-named peers (:class:`nuraft_mesg.DnsApplication`): :class:`StaticResolver` /
 :func:`install_static_resolver` answer trio's ``getaddrinfo`` from a table, like ``/etc/hosts``
 entries for one ``trio.run``.
@@ -36,6 +42,18 @@ from nuraft_mesg.testing.checkers import (
 from nuraft_mesg.testing.cluster import SIM_PARAMS, SimCluster, Workload
 from nuraft_mesg.testing.conformance import check_log_store, check_state_manager
 from nuraft_mesg.testing.dns import StaticResolver, install_static_resolver
+from nuraft_mesg.testing.histories import LogReadKV, SimKVClients
+from nuraft_mesg.testing.linearizability import (
+    History,
+    KVModel,
+    LinearizabilityResult,
+    Model,
+    Operation,
+    PartitionResult,
+    check,
+    check_kv,
+    simulated_history,
+)
 from nuraft_mesg.testing.sim import LinkState, SimNetwork, SimTransport
 from nuraft_mesg.testing.sim_node import RecordingStateMachine, SimNode, Write
 
@@ -61,6 +79,17 @@ __all__ = [
     "SimRunner",
     "StaticResolver",
     "install_static_resolver",
+    "History",
+    "KVModel",
+    "LinearizabilityResult",
+    "Model",
+    "Operation",
+    "PartitionResult",
+    "check",
+    "check_kv",
+    "simulated_history",
+    "LogReadKV",
+    "SimKVClients",
 ]
 
 

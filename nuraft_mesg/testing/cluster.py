@@ -623,7 +623,8 @@ class SimCluster:
         self.checker.on_propose(group_id, w.data)
         if note:
             self.checker.note(f"write {w.data!r} to {self.group_name(group_id)} via {node.name}")
-        if node.clients is None or node.manager is None:
+        if node.clients is None or node.manager is None or (
+                node.scope is not None and node.scope.cancel_called):  # or crashing now
             self._finish(w, "failed", f"{node.name} is down")
             return w
         node.clients.start_soon(self._do_write, node, node.manager, w)
