@@ -16,8 +16,10 @@ for nodes that serve TLS or verify tokens::
 ``--server`` names the node to talk to: a uuid listed by ``--peer``/``--peers-file``, or a
 ``host:port`` (the node is then asked for its uuid).  The client follows leader redirects,
 so it needs the address of every node that may lead the group (the same directory the nodes
-use).  A peers file holds one ``UUID=HOST:PORT`` per line (``#`` comments allowed), or a JSON
-object ``{"UUID": "HOST:PORT", ...}``.
+use).  A peers file is the server's TOML file (a ``[peers]`` table of ``"UUID" = "HOST:PORT"``,
+:func:`nuraft_mesg.discovery.load_peers_file`), so one file serves nodes and clients; or one
+``UUID=HOST:PORT`` per line (``#`` comments allowed); or a JSON object
+``{"UUID": "HOST:PORT", ...}``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tomllib
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,6 +39,7 @@ import trio
 from nuraft_mesg.cli.security import Security, add_security_arguments, parse_args_with_security
 from nuraft_mesg.cli.status_format import format_status
 from nuraft_mesg.client import ExternalClient
+from nuraft_mesg.discovery import load_peers_file
 from nuraft_mesg.errors import RaftError
 from nuraft_mesg.reads import READ_MODES
 from nuraft_mesg.storage.memory import KVStateMachine
@@ -60,6 +64,12 @@ def parse_peer(text: str) -> tuple[str, str]:
 def load_peers(path: Path) -> dict[str, str]:
     """Read a peers file (see the module doc)."""
     text = path.read_text(encoding="utf-8")
+    try:
+        is_toml = "peers" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError:  # the line format ("UUID=HOST:PORT") is not TOML
+        is_toml = False
+    if is_toml:
+        return load_peers_file(path)
     if text.lstrip().startswith("{"):
         obj = json.loads(text)
         if not isinstance(obj, dict):
@@ -89,7 +99,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer", type=parse_peer, action="append", default=[],
                         metavar="UUID=HOST:PORT", help="a node's address (repeat)")
     parser.add_argument("--peers-file", type=Path, metavar="FILE",
-                        help="node addresses, one UUID=HOST:PORT per line (or JSON)")
+                        help="node addresses: the server's TOML peers file, or one "
+                             "UUID=HOST:PORT per line, or JSON")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="deadline of one request in seconds (default 5)")
     add_security_arguments(parser, serving=False)

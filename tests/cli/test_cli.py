@@ -50,6 +50,12 @@ def test_peer_parsing(tmp_path: Path) -> None:
     js = tmp_path / "peers.json"
     js.write_text(json.dumps({a: "127.0.0.1:1"}))
     assert load_peers(js) == {a: "127.0.0.1:1"}
+    toml = tmp_path / "peers.toml"  # the server's --peers-file format
+    toml.write_text(f'# the cluster\n[peers]\n"{a}" = "127.0.0.1:1"\n"{b}" = "h2:2"\n')
+    assert load_peers(toml) == {a: "127.0.0.1:1", b: "h2:2"}
+    toml.write_text(f'[peers]\n"{a}" = 7\n')
+    with pytest.raises(ValueError, match="is not a \"host:port\" string"):
+        load_peers(toml)
     with pytest.raises(Exception, match="not a uuid"):
         parse_peer("nope=127.0.0.1:1")
 
