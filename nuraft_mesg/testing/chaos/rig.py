@@ -2,8 +2,8 @@
 
 :func:`run` starts ``nodes`` processes (``python -m nuraft_mesg server``, the durable SQLite
 store on a small tmpfs per node), each in its own network namespace (:mod:`.net`), hosting
-``groups`` groups (their first leaders spread over the nodes); ``clients`` clients write (and
-read, once :class:`~nuraft_mesg.client.ExternalClient` can) to a few *loaded* groups through
+``groups`` groups (their first leaders spread over the nodes); ``clients`` clients write and
+read (linearizable reads, :meth:`~nuraft_mesg.client.ExternalClient.read`) a few *loaded* groups through
 random nodes while a nemesis injects one fault at a time, chosen from a seeded RNG, and heals
 it.  The other groups stay quiet -- faults hit them through the shared per-peer streams, and
 the ``leave`` nemesis stops the group of a quiet group's leader on a node that stays up.
@@ -33,13 +33,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
 import nuraft_mesg.testing.chaos.checks as checks
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
+from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.testing.chaos.history import History, Kind, Op, Type
 from nuraft_mesg.testing.chaos.net import NODE_PORT, Net, NetUnavailable, probe
 from nuraft_mesg.testing.chaos.proxy import DelayProxy
