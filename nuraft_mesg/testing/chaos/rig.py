@@ -3,8 +3,8 @@
 :func:`run` starts ``nodes`` processes (``python -m nuraft_mesg server``, the durable SQLite
 store on a small tmpfs per node), each in its own network namespace (:mod:`.net`), hosting
 ``groups`` groups (their first leaders spread over the nodes); ``clients`` clients write and
-read (linearizable reads, :meth:`~nuraft_mesg.client.ExternalClient.read`) a few *loaded* groups through
-random nodes while a nemesis injects one fault at a time, chosen from a seeded RNG, and heals
+read (:meth:`~nuraft_mesg.client.ExternalClient.read`) a few *loaded* groups through random
+nodes while a nemesis injects one fault at a time, chosen from a seeded RNG, and heals
 it.  The other groups stay quiet -- faults hit them through the shared per-peer streams, and
 the ``leave`` nemesis stops the group of a quiet group's leader on a node that stays up.
 
