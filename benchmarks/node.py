@@ -24,7 +24,10 @@ Commands (``op``):
                each calling ``append_entries(gid, [one size-byte entry])`` in a loop.  Only
                calls that complete inside the measured window count; the answer has the
                commits, a latency histogram (call to result: committed on a quorum and applied
-               here) and the Raft requests this node sent in the window.
+               here) and the Raft requests this node sent in the window.  With ``read``
+               (a mode: "linearizable", "lease", "stale") the tasks call ``read(gid, key,
+               mode=...)`` instead, on the groups this node leads, or with ``role``
+               "follower" on those it hosts and does not lead (follower reads).
 ``status``     counts over every hosted group: hosted, led, with a known leader, leader
                changes seen.
 ``leader``     ``group`` -- this node's view of one group (leader, term, commit, applied).
@@ -99,6 +102,10 @@ class BenchStateMachine(StateMachine):
     def last_commit_index(self) -> int:
         return self.last
 
+    def query(self, query: bytes) -> bytes:
+        """The entry last stored under the 8-byte key ``query`` (b"" if none)."""
+        return self.data.get(query[:8], b"")
+
 
 class Node:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -112,6 +119,7 @@ class Node:
             election_timeout_ms=(tuple(args.election_ms) if args.election_ms
                                  else defaults.election_timeout_ms),
             max_pending_proposals=args.max_pending or defaults.max_pending_proposals,
+            lease_reads=args.lease_reads,
         )
         self.mgr: Manager | None = None
         self.profiler: cProfile.Profile | None = None
@@ -212,7 +220,10 @@ class Node:
         mgr = self.mgr
         assert mgr is not None
         hosted = set(mgr.group_ids)
-        led = [g for g in cmd["groups"] if g in hosted and mgr.group(g).is_leader]
+        leading = cmd.get("role", "leader") == "leader"
+        led = [g for g in cmd["groups"]
+               if g in hosted and mgr.group(g).is_leader == leading]
+        read_mode: str | None = cmd.get("read")
         proposers = int(cmd["proposers"])
         size = int(cmd.get("size", 100))
         now = trio.current_time()
@@ -244,7 +255,10 @@ class Node:
                 seq += 1
                 entry = key + struct.pack(">Q", seq) + pad
                 try:
-                    await mgr.append_entries(gid, [entry])
+                    if read_mode is not None:
+                        await mgr.read(gid, key, mode=read_mode)
+                    else:
+                        await mgr.append_entries(gid, [entry])
                 except Busy:
                     # admission control: back off exponentially (with jitter), as a client
                     # should; an eager retry costs the leader as much as a write
@@ -337,6 +351,8 @@ def main() -> int:
     parser.add_argument("--max-pending", type=int, default=0,
                         help="RaftParams.max_pending_proposals (default: RaftParams')")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--lease-reads", action="store_true",
+                        help="RaftParams.lease_reads (for the lease reads of workload 7)")
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -22,9 +22,13 @@ docs/benchmarks.md explains each in detail):
 6. PySyncObj on workload 1 (``benchmarks/pysyncobj_bench.py``), same sweep, and the ratio;
    then 3 alternations A B of both at each one's best N (best, median, both ratios, CPU µs
    per committed entry of the leader and each follower, for both libraries).
-7. Overload: 4 x workload 1's best N on one group, with admission control bounding the
+7. Reads (docs/reads.md): one group, 3 nodes with lease reads on; for each proposer count of
+   the sweep, writes (as workload 1), then linearizable, lease and follower (linearizable, on
+   a follower) reads by as many concurrent readers (``Manager.read``): reads/s, p50/p99, and
+   linearizable reads per write.
+8. Overload: 4 x workload 1's best N on one group, with admission control bounding the
    group's pending writes at that N (refusals counted) and without; leader changes, p99.
-8. Workload 1 at its best N on the durable SQLite store: commits/s, CPU µs per entry.
+9. Workload 1 at its best N on the durable SQLite store: commits/s, CPU µs per entry.
 
 The full run writes ``<out>/benchmarks.json`` and ``<out>/benchmarks.png`` (``--out``
 defaults to docs/ for a full run and to a temporary directory for ``--quick``) and, when
@@ -119,10 +123,12 @@ class Settings:
 # =============================================================================================
 class BenchNode(NodeProcess):
     def __init__(self, name: str, log_dir: Path, settings: Settings,
-                 data_dir: Path | None) -> None:
+                 data_dir: Path | None, *, lease_reads: bool = False) -> None:
         self.uuid = str(uuid.uuid4())
         self.port = free_port()
         argv = [PY, NODE, "--uuid", self.uuid, "--port", str(self.port)]
+        if lease_reads:
+            argv.append("--lease-reads")
         if data_dir is not None:
             argv += ["--data-dir", str(data_dir)]
         if settings.heartbeat_ms:
@@ -138,13 +144,14 @@ class BenchNode(NodeProcess):
 
 class Cluster:
     def __init__(self, label: str, log_dir: Path, settings: Settings, *, n: int = 3,
-                 durable: bool = False) -> None:
+                 durable: bool = False, lease_reads: bool = False) -> None:
         self.label = label
         self.dir = log_dir / label
         self.dir.mkdir(parents=True, exist_ok=True)
         self.nodes = [
             BenchNode(f"{label}-n{i + 1}", self.dir, settings,
-                      self.dir / f"data-n{i + 1}" if durable else None)
+                      self.dir / f"data-n{i + 1}" if durable else None,
+                      lease_reads=lease_reads)
             for i in range(n)
         ]
         self.params: dict[str, Any] = {}
@@ -273,10 +280,12 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def run_load(cluster: Cluster, nodes: list[BenchNode], gids: list[str], proposers: int,
-             s: Settings, seconds: float | None = None) -> dict[str, Any]:
+             s: Settings, seconds: float | None = None, *, read: str | None = None,
+             role: str = "leader") -> dict[str, Any]:
     seconds = seconds or s.load_seconds
-    cmd = {"op": "load", "groups": gids, "proposers": proposers, "warmup_s": s.warmup,
-           "seconds": seconds, "size": ENTRY_SIZE}
+    cmd: dict[str, Any] = {"op": "load", "groups": gids, "proposers": proposers,
+                           "warmup_s": s.warmup, "seconds": seconds, "size": ENTRY_SIZE,
+                           "read": read, "role": role}
     for n in nodes:
         n.send(cmd)
     time.sleep(s.warmup)
@@ -446,7 +455,7 @@ def _leader_changes(cluster: Cluster) -> int:
     return sum(r["leader_changes"] for r in cluster.status())
 
 
-def workload7(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
+def workload8(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
     """Overload: 4 x the saturating proposer count on one group, first with the group's
     bound on pending writes set to the saturating count (admission control refuses the rest
     with Busy; a refused proposer backs off exponentially), then with no effective bound
@@ -456,7 +465,7 @@ def workload7(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
                            "points": []}
     for label, bound in (("bounded", n_sat), ("unbounded", 1 << 30)):
         st = dataclasses.replace(s, max_pending=bound)
-        with Cluster(f"w7-{label}", log_dir, st) as cluster:
+        with Cluster(f"w8-{label}", log_dir, st) as cluster:
             gid = cluster.one_group()
             leader = cluster.wait_leader(gid, 15)
             if leader is None:
@@ -472,7 +481,7 @@ def workload7(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
         res["cpu_us_per_commit"] = cpu_us_per_commit(res, res["commits_per_s"],
                                                      res["leader_index"])
         out["points"].append(res)
-        log(f"  w7 {label} (max_pending {bound if bound < 1 << 30 else 'none'}), "
+        log(f"  w8 {label} (max_pending {bound if bound < 1 << 30 else 'none'}), "
             f"{4 * n_sat} proposers: {res['commits_per_s']:.0f} commits/s, p50 "
             f"{res['p50_ms']} ms, p99 {res['p99_ms']} ms, refused {res['refused']}, "
             f"leader changes {res['leader_changes']}, same leader {res['same_leader']}, "
@@ -481,19 +490,19 @@ def workload7(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
     return out
 
 
-def workload8(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
+def workload9(s: Settings, log_dir: Path, n_sat: int) -> dict[str, Any]:
     """Workload 1 on the durable SQLite store (every node persists its log and hard state
     before answering), ``s.rounds`` points at the saturating N; compared with workload 1's
     in-memory median in the report."""
     rounds = []
-    with Cluster("w8", log_dir, s, durable=True) as cluster:
+    with Cluster("w9", log_dir, s, durable=True) as cluster:
         gid = cluster.one_group()
         for r in range(max(1, s.rounds)):
-            point = _w1_point(cluster, gid, n_sat, s, tag=f"w8 SQLite round {r + 1}")
+            point = _w1_point(cluster, gid, n_sat, s, tag=f"w9 SQLite round {r + 1}")
             if "commits_per_s" in point:
                 rounds.append(point)
     if not rounds:
-        raise RuntimeError("workload 8: no point ran")
+        raise RuntimeError("workload 9: no point ran")
     return {"rounds": rounds, "compare": _rounds_summary(rounds)}
 
 
@@ -526,6 +535,41 @@ def workload2(s: Settings, log_dir: Path) -> dict[str, Any]:
     res.update({"groups": s.w2_groups, "created": created["created"], "sweep": points,
                 "led_per_node": led, "create_s": round(created["wall_s"], 2)})
     return res
+
+
+READ_KINDS = (("linearizable", "linearizable", "leader"), ("lease", "lease", "leader"),
+              ("follower", "linearizable", "follower"))
+"""Workload 7's read kinds: (name, Manager.read mode, where the readers run)."""
+
+
+def workload7(s: Settings, log_dir: Path) -> dict[str, Any]:
+    sweep: list[dict[str, Any]] = []
+    with Cluster("w7", log_dir, s, lease_reads=True) as cluster:
+        gid = cluster.one_group()
+        for p in s.sweep:
+            leader = cluster.wait_leader(gid, 15)
+            if leader is None:
+                log(f"  w7 proposers={p}: no leader within 15 s")
+                continue
+            follower = next(n for n in cluster.nodes if n is not leader)
+            point: dict[str, Any] = {"proposers": p,
+                                     "writes": run_load(cluster, [leader], [gid], p, s)}
+            for name, mode, role in READ_KINDS:
+                node = leader if role == "leader" else follower
+                point[name] = run_load(cluster, [node], [gid], p, s, read=mode, role=role)
+            writes = point["writes"]["commits_per_s"]
+            lin = point["linearizable"]["commits_per_s"]
+            point["linearizable_per_write"] = round(lin / writes, 2) if writes else None
+            log(f"  w7 proposers={p}: writes {writes:.0f}/s; " + "; ".join(
+                f"{name} {point[name]['commits_per_s']:.0f}/s (p50 {point[name]['p50_ms']} "
+                f"p99 {point[name]['p99_ms']} ms, errors {point[name]['errors']})"
+                for name, _, _ in READ_KINDS))
+            sweep.append(point)
+    if not sweep:
+        raise RuntimeError("workload 7: no sweep point ran")
+    return {"sweep": sweep,
+            "best": {name: max(pt[name]["commits_per_s"] for pt in sweep)
+                     for name in ("writes", *(k for k, _, _ in READ_KINDS))}}
 
 
 def idle_measure(cluster: Cluster, s: Settings, groups: int) -> dict[str, Any]:
@@ -973,13 +1017,13 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             fmt(b["commits_per_s"]))
         row("6 PySyncObj", "commit latency p50 / p99",
             f"{fmt(b['p50_ms'], 1)} / {fmt(b['p99_ms'], 1)} ms")
-    w7 = results.get("w7")
-    if w7:
-        for pt in w7["points"]:
+    w8 = results.get("w8")
+    if w8:
+        for pt in w8["points"]:
             if "commits_per_s" not in pt:
-                row("7 overload", f"{pt['label']}", pt.get("error", "failed"))
+                row("8 overload", f"{pt['label']}", pt.get("error", "failed"))
                 continue
-            wl = f"7 overload {w7['proposers']} proposers, {pt['label']}"
+            wl = f"8 overload {w8['proposers']} proposers, {pt['label']}"
             bound = pt["max_pending"] if pt["max_pending"] < 1 << 30 else "none"
             row(wl, f"commits/s, p50 / p99 (max_pending {bound})",
                 f"{fmt(pt['commits_per_s'])}, {fmt(pt['p50_ms'], 1)} / "
@@ -990,15 +1034,15 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "no leader change" if pt["label"] == "bounded" else "-",
                 (pt["leader_changes"] == 0 and pt["same_leader"])
                 if pt["label"] == "bounded" else None)
-    w8 = results.get("w8")
-    if w8 and w8.get("compare"):
-        c8 = w8["compare"]
+    w9 = results.get("w9")
+    if w9 and w9.get("compare"):
+        c8 = w9["compare"]
         base = ((w1 or {}).get("compare") or {}).get("median")
-        row("8 SQLite store", f"commits/s best / median ({c8['rounds']} rounds, "
+        row("9 SQLite store", f"commits/s best / median ({c8['rounds']} rounds, "
             f"{c8['proposers']} proposers)", f"{fmt(c8['best'])} / {fmt(c8['median'])}",
             f">= 50 % of (1)'s median ({fmt(base / 2)})" if base else ">= 50 % of (1)",
             c8["median"] >= base / 2 if base else None)
-        row("8 SQLite store", "median CPU us per entry leader/f/f, p99 ms per round",
+        row("9 SQLite store", "median CPU us per entry leader/f/f, p99 ms per round",
             "/".join(fmt(c, 1) for c in c8["median_cpu_us_per_commit"]) + "; "
             + "/".join(fmt(x, 1) for x in c8["p99_ms"]))
     others = []
@@ -1009,6 +1053,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         others.append(f"(2) {w2['others_busy_cores']}")
     if w34:
         others += [f"(3, {i['groups']:,}) {i['others_busy_cores']}" for i in w34["idle"]]
+    w7 = results.get("w7")
+    if w7:
+        for pt in w7["sweep"]:
+            ratio = pt["linearizable_per_write"]
+            row("7 reads", f"reads/s (p50/p99 ms) at {pt['proposers']} readers: "
+                "writes / linearizable / lease / follower",
+                " / ".join(f"{fmt(pt[k]['commits_per_s'])} ({fmt(pt[k]['p50_ms'], 1)}/"
+                           f"{fmt(pt[k]['p99_ms'], 1)})"
+                           for k in ("writes", "linearizable", "lease", "follower")))
+            row("7 reads", f"linearizable reads per write at {pt['proposers']} readers",
+                fmt(ratio, 2), ">= 2.00", ratio is not None and ratio >= 2.0)
     if others:
         row("machine", "other processes' CPU in the measured windows (cores of "
             f"{results['meta']['cpus']})", ", ".join(others))
@@ -1140,11 +1195,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     if w6:
         names.append("(6) PySyncObj")
         values.append(w6["best"]["commits_per_s"])
-    w8 = results.get("w8")
-    if w8 and w8.get("compare"):
-        names.append("(8) SQLite")
-        values.append(w8["compare"]["best"])
-    colors = {"(1)": "C0", "(2)": "C2", "(6)": "C1", "(8)": "C3"}
+    w9 = results.get("w9")
+    if w9 and w9.get("compare"):
+        names.append("(9) SQLite")
+        values.append(w9["compare"]["best"])
+    colors = {"(1)": "C0", "(2)": "C2", "(6)": "C1", "(9)": "C3"}
     ax.bar(names, values, color=[colors[n[:3]] for n in names])
     if w6:
         ax.axhline(2 * w6["best"]["commits_per_s"], color="red", ls="--",
@@ -1255,7 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller, shorter (~1 minute)")
-    parser.add_argument("--only", default="0,1,2,3,4,5,6,7,8",
+    parser.add_argument("--only", default="0,1,2,3,4,5,6,7,8,9",
                         help="comma-separated workload numbers (default: all; 0 is the "
                         "transport micro-benchmark)")
     parser.add_argument("--out", type=Path, help="where the JSON and PNG go "
@@ -1335,17 +1390,20 @@ def main(argv: list[str] | None = None) -> int:
             attempt("w1_6", f"{title} (proposer sweep, interleaved)", workload1_6, s,
                     log_dir, do1=1 in only, do6=6 in only, profile=not args.no_profile)
             results.update(results.pop("w1_6", {}))
-        if 7 in only:
-            n_sat = saturating_n(results, s)
-            attempt("w7", f"7: overload, {4 * n_sat} proposers on one group", workload7, s,
-                    log_dir, n_sat)
         if 8 in only:
-            attempt("w8", "8: one group on the durable SQLite store", workload8, s, log_dir,
+            n_sat = saturating_n(results, s)
+            attempt("w8", f"8: overload, {4 * n_sat} proposers on one group", workload8, s,
+                    log_dir, n_sat)
+        if 9 in only:
+            attempt("w9", "9: one group on the durable SQLite store", workload9, s, log_dir,
                     saturating_n(results, s))
         if 2 in only:
             attempt("w2", f"2: {s.w2_groups} active groups", workload2, s, log_dir)
         if 4 in only:
             attempt("w4", f"4: failover x{s.kills}", workload4, s, log_dir)
+        if 7 in only:
+            attempt("w7", "7: reads (linearizable, lease, follower) vs writes", workload7, s,
+                    log_dir)
         if 3 in only or 5 in only:
             if 3 not in only:
                 s.idle_sizes = [max(s.idle_sizes)]  # workload 5 alone: just the largest

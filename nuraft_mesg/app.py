@@ -35,6 +35,10 @@ class InMemoryApplication:
     def lookup_peer(self, peer_id: str) -> str:
         return self.directory.get(peer_id, "")
 
+    def peers(self) -> list[str]:
+        """The other nodes this application knows (what ``server --create-group`` adds)."""
+        return [p for p in self.directory if p != self.server_uuid]
+
     def create_state_mgr(self, server_id: int, group_id: str) -> StateManager:
         smgr = self.state_managers.get(group_id)
         if smgr is None or smgr.destroyed:

@@ -45,6 +45,7 @@ import trio
 from nuraft_mesg.errors import BadRequest, NotLeader, RaftError, ResultCode
 from nuraft_mesg.manager import client_results, to_server_id
 from nuraft_mesg.raft.types import LogEntry, LogType, Message, MsgType, ServerConfig
+from nuraft_mesg.reads import check_mode, encode_client_read
 from nuraft_mesg.sessions import ClientSession
 from nuraft_mesg.transport.base import TransportError
 from nuraft_mesg.transport.codec import GroupEnvelope
@@ -184,6 +185,18 @@ class ExternalClient:
             raise BadRequest("append_entries needs at least one entry")
         reply = await self._request(group_id, MsgType.CLIENT_REQUEST, batch, dest)
         return client_results(reply, len(batch))
+
+    async def read(self, group_id: str, query: bytes, dest: str, *,
+                   mode: str = "linearizable") -> bytes:
+        """The answer of the group's state machine to ``query`` (``StateMachine.query``),
+        read on ``dest`` (any member: a follower serves linearizable reads through the
+        leader's read index) in ``mode`` (see docs/reads.md).  A refusal naming the leader is
+        redirected there; no leader known is retried like a write.  Raises the mapped
+        :mod:`nuraft_mesg.errors` exception otherwise (RaftTimeout: no quorum answered in
+        time)."""
+        entry = encode_client_read(check_mode(mode), query)
+        reply = await self._request(group_id, MsgType.CLIENT_READ_REQUEST, (entry,), dest)
+        return reply.context
 
     def session(self, dest: str | Sequence[str] = (), *,
                 retry_timeout: float | None = None) -> ClientSession:

@@ -122,6 +122,10 @@ class PeersFileApplication(InMemoryApplication):
         self.reload_if_changed()
         return super().lookup_peer(peer_id)
 
+    def peers(self) -> list[str]:
+        self.reload_if_changed()
+        return super().peers()
+
 
 class DnsApplication(InMemoryApplication):
     """Peers named by a DNS template; ``members`` are the nodes' uuids in ordinal order.

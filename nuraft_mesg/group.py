@@ -92,6 +92,7 @@ from nuraft_mesg.raft.types import (
     MsgType,
     SnapshotMeta,
 )
+from nuraft_mesg.reads import GroupReads, PendingRead, check_mode
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.timers import Timers
 from nuraft_mesg.transport.codec import GroupEnvelope
@@ -105,6 +106,8 @@ _CLIENT_TYPES = frozenset(
     {MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST, MsgType.REMOVE_SERVER_REQUEST}
 )
 _VOTE_TYPES = frozenset({MsgType.PRE_VOTE_REQUEST, MsgType.REQUEST_VOTE_REQUEST})
+_QUIET_READS = frozenset({MsgType.READ_INDEX_REQUEST, MsgType.READ_INDEX_RESPONSE})
+"""Read traffic that does not wake a quiet group (docs/reads.md, "Quiet groups")."""
 _MAX_BATCH = 256
 """Inbox items handled before one Ready is drained: proposals from many callers arriving in
 the same loop turn share one storage write and one round of appends (group commit)."""
@@ -186,6 +189,9 @@ class RaftGroup(GroupTimers):
         self._heartbeat_deadline = math.inf
         self._heartbeat_interval = params.heartbeat_interval_ms / 1000
         self._pending_replies: deque[InboxRequest] = deque()
+        self._pending_reads: dict[tuple[int, int], InboxRequest] = {}
+        """Leader: read_index requests by (member, request id), answered by the core once
+        their round confirms (or fails), usually a few Readies later."""
         self._apply_timeout = apply_timeout
         self._now = 0.0
         """trio's clock when the current batch of inbox items was taken (read once per batch)."""
@@ -234,6 +240,10 @@ class RaftGroup(GroupTimers):
         """Election timeouts postponed in a row because this process ran late."""
         self._timer_at = math.inf
         """The deadline the timer task will wake this group at (inf: none scheduled)."""
+        self._reads = GroupReads(self.state_machine)
+        self._leader_heard_at = -math.inf
+        """When a follower last took an append from its leader (lease reads: see
+        GroupTimers._elect_soon)."""
 
     # ==========================================================================================
     # Queries (safe from any task: they read state the loop task writes between checkpoints)
@@ -295,6 +305,10 @@ class RaftGroup(GroupTimers):
             append_latency_us_total=self._append_latency_us,
             append_requests=self._append_requests,
             quiet=self.quiet,
+            reads_linearizable=self._reads.counts["linearizable"],
+            reads_lease=self._reads.counts["lease"],
+            reads_stale=self._reads.counts["stale"],
+            reads_failed=self._reads.counts["failed"],
         )
 
     # ==========================================================================================
@@ -417,6 +431,36 @@ class RaftGroup(GroupTimers):
             self._apply_waiters[index] = w
         return w.slot
 
+    async def read(self, query: bytes, *, mode: str = "linearizable",
+                   timeout: float = math.inf,  # noqa: ASYNC109 - one deadline per read
+                   ) -> bytes:
+        """The state machine's answer to ``query`` once this node's state is recent enough
+        for ``mode`` (see :mod:`nuraft_mesg.reads`).  A read does not wake a quiet group.
+
+        Raises:
+            BadRequest (unknown mode; lease reads off; the state machine's refusal, e.g.
+            QueryNotSupported), NotLeader (no leader known, or the leadership changed while
+            reading), RaftTimeout (no answer within ``timeout``: a node cut off from the
+            quorum never answers a linearizable read), Cancelled (removed; group stopped).
+        """
+        checked = check_mode(mode)
+        self._check_running()
+        if checked == "stale":
+            await trio.lowlevel.checkpoint()
+            return self._reads.query_now(query)
+        read = self._reads.new(query, lease=checked == "lease",
+                               deadline=trio.current_time() + timeout)
+        try:
+            try:
+                self._inbox_send.send_nowait(read)
+            except trio.WouldBlock:
+                await self._submit(read)  # back-pressure: the group is behind
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise Cancelled(f"group {self.group_id} is stopped") from None
+            return await read.slot.wait()
+        finally:
+            self._reads.forget(read)
+
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, re-checked on every state change (bound it with
         the caller's cancel scope).
@@ -453,7 +497,7 @@ class RaftGroup(GroupTimers):
                     self._heartbeat_deadline = self._next_heartbeat(now)
                     self._quiesce_round = self._should_quiesce(now)
                     self._hb_commit = self.core.commit
-                    self.core.heartbeat_timeout()
+                    self.core.heartbeat_timeout(now)
                 self._expire(now)
                 await self._process_ready()
                 self._settle_quiet()
@@ -477,7 +521,8 @@ class RaftGroup(GroupTimers):
         expiries = self._expiries
         while expiries and expiries[0].applied.done:
             expiries.popleft()
-        return expiries[0].deadline if expiries else math.inf
+        writes = expiries[0].deadline if expiries else math.inf
+        return min(writes, self._reads.next_expiry())
 
     def _expire(self, now: float) -> None:
         expiries = self._expiries
@@ -489,6 +534,7 @@ class RaftGroup(GroupTimers):
                 item.applied.fail(RaftTimeout(
                     f"{where} not applied within {self._apply_timeout:g}s (they may still "
                     "commit)"))
+        self._reads.expire(now)
 
     def resign(self) -> None:
         """This group stops for good while the node stays up (``leave_group``, an error): a
@@ -515,9 +561,13 @@ class RaftGroup(GroupTimers):
         )
         while self._pending_replies:
             self._pending_replies.popleft().reply.fail(exc)
+        for req in self._pending_reads.values():
+            req.reply.fail(exc)
+        self._pending_reads.clear()
         for w in set(self._apply_waiters.values()):
             w.slot.fail(exc)
         self._apply_waiters.clear()
+        self._reads.fail_all(exc)
         while True:
             try:
                 item = self._inbox_recv.receive_nowait()
@@ -529,6 +579,8 @@ class RaftGroup(GroupTimers):
                 item.result.fail(exc)
             elif isinstance(item, InboxProposal):
                 item.applied.fail(exc)
+            elif isinstance(item, PendingRead):
+                self._reads.fail(item, exc)
 
     def _handle(self, item: InboxItem) -> None:
         core = self.core
@@ -537,22 +589,41 @@ class RaftGroup(GroupTimers):
         elif isinstance(item, InboxReply):
             # Replies are not counted: "received" is nuraft_mesg's group_steps (requests).
             m = item.message
-            if not (m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted
-                    and m.term == core.term and m.next_index > core.log.last_index):
+            if not ((m.type == MsgType.APPEND_ENTRIES_RESPONSE and m.accepted
+                    and m.term == core.term and m.next_index > core.log.last_index)
+                    or m.type in _QUIET_READS):
                 self._stir()  # anything but an acknowledgement of the whole log wakes us
             self._last_response[m.src] = self._now
             core.step(m)
         elif isinstance(item, InboxRequest):
-            if not item.quiesce:  # a quiesce heartbeat is judged by its answer (_answer)
-                m = item.message
+            m = item.message
+            if not item.quiesce and m.type not in _QUIET_READS:
+                # (A quiesce heartbeat is judged by its answer, in _answer.)
                 if (self.quiet and m.type in _VOTE_TYPES and m.src == core.leader_id
                         and core.role == Role.FOLLOWER):
                     # The leader we rest on campaigns: it no longer leads (it restarted).
                     self._elect_soon()
                 self._stir()
             self._received += 1
-            self._pending_replies.append(item)
-            core.step(item.message)
+            if m.type != MsgType.READ_INDEX_REQUEST:
+                self._pending_replies.append(item)
+            elif (m.src, m.read_id) in self._pending_reads:
+                # A duplicate of a request still queued: the first one's answer answers it.
+                item.reply.fail(Cancelled("duplicate read_index request"))
+                return
+            else:
+                self._pending_reads[(m.src, m.read_id)] = item  # answered when its round is
+            core.step(m)
+            if m.type == MsgType.APPEND_ENTRIES_REQUEST and core.leader_id == m.src:
+                self._leader_heard_at = self._now
+        elif isinstance(item, PendingRead):
+            # Not a wake-up: a quiet leader's round goes out as quiesce heartbeats.
+            try:
+                core.read_index(item.ctx, lease=item.lease, now=self._now)
+            except RaftError as exc:
+                self._reads.fail(item, exc)
+            else:
+                self._reads.started(item)
         elif isinstance(item, InboxProposal):
             self._stir()
             try:
@@ -582,6 +653,8 @@ class RaftGroup(GroupTimers):
             await self._persist(rd)
             self._dispatch(rd.messages_after_persist)
             self._apply(rd)
+            if rd.read_states or rd.read_failures or self._reads.waiting:
+                self._reads.on_ready(rd, self.applied_index)
             snapshot = self._maybe_create_snapshot() if rd.committed else None
             self._handle_events(rd.events)
             if (rd.committed or rd.snapshot_to_install is not None) and not rd.events:
@@ -692,8 +765,9 @@ class RaftGroup(GroupTimers):
             self.log.warning("no endpoint for server %d; dropping %s", m.dest, m.type.name)
             self._dropped += 1
             return
+        # A quiet leader's heartbeats are read rounds: marked quiesce, so they wake nobody.
         env = GroupEnvelope(self.group_id, self.group_type, peer_uuid, m,
-                            quiesce=self._quiesce_round and not m.entries
+                            quiesce=(self._quiesce_round or self.quiet) and not m.entries
                             and m.type == MsgType.APPEND_ENTRIES_REQUEST)
         dest = m.dest
 
@@ -706,6 +780,11 @@ class RaftGroup(GroupTimers):
             self._dropped += 1
 
     def _answer(self, m: Message) -> None:
+        if m.type == MsgType.READ_INDEX_RESPONSE:
+            pending = self._pending_reads.pop((m.dest, m.read_id), None)
+            if pending is not None:
+                pending.reply.set(m)
+            return
         for req in self._pending_replies:
             r = req.message
             if r.type.response_type == m.type and (m.dest == r.src or r.type in _CLIENT_TYPES):

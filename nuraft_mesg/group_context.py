@@ -7,6 +7,7 @@ it, while the Manager's lifecycle and routing code never needs it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -19,10 +20,14 @@ __all__ = ["GroupContext"]
 
 
 class DataServiceOwner(Protocol):
-    """What a group context needs of its node (the Manager): the data service."""
+    """What a group context needs of its node (the Manager): the data service, and the
+    default deadline of reads."""
 
     @property
     def data_service(self) -> DataService: ...
+
+    @property
+    def read_timeout(self) -> float: ...
 
 
 class GroupContext:
@@ -65,6 +70,14 @@ class GroupContext:
     def statistics(self) -> GroupStatistics:
         """Counters and Raft state of this group on this node (an immutable snapshot)."""
         return self._group.statistics()
+
+    async def read(self, query: bytes, *, mode: str = "linearizable",
+                   timeout: float | None = None,  # noqa: ASYNC109 - one deadline per read
+                   ) -> bytes:
+        """:meth:`Manager.read <nuraft_mesg.manager.Manager.read>` for this group."""
+        if timeout is None:
+            timeout = self._manager.read_timeout if self._manager is not None else math.inf
+        return await self._group.read(query, mode=mode, timeout=timeout)
 
     async def wait_leader(self) -> str:
         """Wait until the group knows a leader (bound it with a cancel scope); returns the

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from nuraft_mesg.oneshot import Callback, Slot
 from nuraft_mesg.raft.node import Proposal, RaftNode
 from nuraft_mesg.raft.types import Message
+from nuraft_mesg.reads import PendingRead
 
 __all__ = [
     "TICK",
@@ -69,7 +70,7 @@ class Tick:
 
 TICK = Tick()
 
-InboxItem = InboxRequest | InboxReply | InboxCommand | InboxProposal | Tick
+InboxItem = InboxRequest | InboxReply | InboxCommand | InboxProposal | PendingRead | Tick
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: _fail_everyone collects them in a set

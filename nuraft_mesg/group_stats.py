@@ -56,3 +56,8 @@ class GroupStatistics:
     quiet: bool = False
     """The group is quiet here: idle, with no heartbeat (leader) or election (follower)
     timer running (see ``RaftParams.quiesce_after_ms``)."""
+    reads_linearizable: int = 0
+    """Reads answered here in each mode (docs/reads.md), and reads that failed."""
+    reads_lease: int = 0
+    reads_stale: int = 0
+    reads_failed: int = 0

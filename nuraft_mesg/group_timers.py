@@ -55,6 +55,7 @@ class GroupTimers:
     _hold_until: float
     _postponed: int
     _timer_at: float
+    _leader_heard_at: float
 
     if TYPE_CHECKING:  # defined by RaftGroup
         @property
@@ -129,6 +130,10 @@ class GroupTimers:
         self._set_quiet(False)
         half_low = self.params.election_timeout_ms[0] / 2000
         soon = trio.current_time() + self._rng.uniform(0, half_low)
+        if self.params.lease_reads:
+            # Leader leases rest on followers not campaigning within the lower election
+            # timeout of the last heartbeat they took (docs/reads.md).
+            soon = max(soon, self._leader_heard_at + 2 * half_low)
         self._election_deadline = min(self._election_deadline, soon)
         self._retime()
 

@@ -68,6 +68,7 @@ from nuraft_mesg.raft.types import (
     MsgType,
     ServerConfig,
 )
+from nuraft_mesg.reads import decode_client_read
 from nuraft_mesg.sessions import ClientSession
 from nuraft_mesg.storage.interfaces import StateManager
 from nuraft_mesg.storage.sqlite import SqliteStore
@@ -92,7 +93,8 @@ __all__ = [
 ]
 
 
-_GENERAL_PATH = frozenset({MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST})
+_GENERAL_PATH = frozenset({MsgType.CLIENT_REQUEST, MsgType.ADD_SERVER_REQUEST,
+                           MsgType.CLIENT_READ_REQUEST})
 """Requests that :meth:`Manager.step_nowait` leaves to :meth:`Manager.raft_step`."""
 
 
@@ -598,6 +600,38 @@ class Manager:
                                            data, request_timeout=self.config.client_request_timeout)
         raise RaftTimeout("forwarded entries not applied in time")
 
+    # ==========================================================================================
+    # Reads (nuraft_mesg/reads.py, docs/reads.md)
+    # ==========================================================================================
+    async def read(self, group_id: str, query: bytes, *, mode: str = "linearizable",
+                   timeout: float | None = None,  # noqa: ASYNC109 - one deadline per read
+                   ) -> bytes:
+        """The group's state machine's answer to ``query`` (``StateMachine.query``) from
+        this node, once its state is recent enough for ``mode``:
+
+        * ``"linearizable"``: reflects every write that completed before the call (read
+          index: one heartbeat round to a quorum, shared by concurrent reads; followers ask
+          the leader for the index and answer from their own state);
+        * ``"lease"``: the same without the round while the leader's lease holds (needs
+          ``RaftParams.lease_reads``; assumes bounded clock drift); else linearizable;
+        * ``"stale"``: this node's state as it is.
+
+        Raises:
+            ServerNotFound (group not hosted here), BadRequest (unknown mode, lease reads
+            off, a query the state machine refuses: QueryNotSupported), NotLeader (no
+            leader known, or the leadership changed meanwhile), Cancelled (removed from the
+            group), RaftTimeout (no answer within ``timeout``, default
+            ``client_request_timeout``: e.g. this node is cut off from the quorum).
+        """
+        group = self._get(group_id)
+        limit = self.config.client_request_timeout if timeout is None else timeout
+        return await group.read(query, mode=mode, timeout=limit)
+
+    @property
+    def read_timeout(self) -> float:
+        """The default deadline of :meth:`read` (``client_request_timeout``)."""
+        return self.config.client_request_timeout
+
     def session(self, *, retry_timeout: float = 30.0) -> ClientSession:
         """An exactly-once client session writing through this node's ``append_entries``:
         ``async with mgr.session() as s: await s.append_entry(gid, data)``; every write is
@@ -650,6 +684,8 @@ class Manager:
             refusal = self._learn_joiner(group, msg)
             if refusal is not None:
                 return self._envelope(group, refusal)
+        if msg.type == MsgType.CLIENT_READ_REQUEST:
+            return self._envelope(group, await self._client_read(group, msg))
         started = trio.current_time()
         if msg.type == MsgType.CLIENT_REQUEST:  # a forwarded or external write
             try:
@@ -696,6 +732,24 @@ class Manager:
         reply = Message(reply.type, reply.term, reply.src, reply.dest,
                         result_code=ResultCode.TIMEOUT)
         return self._envelope(group, reply)
+
+    async def _client_read(self, group: RaftGroup, msg: Message) -> Message:
+        """An external client's read, served here (any member: followers read through
+        the leader's index).  A refusal names the leader in ``dest`` when one is known, so
+        the client can redirect."""
+        try:
+            mode, query = decode_client_read(msg.entries)
+            answer = await group.read(query, mode=mode,
+                                      timeout=self.config.client_request_timeout)
+        except NotLeader as exc:
+            leader = exc.leader_id if exc.leader_id != self.server_id else NO_LEADER
+            return Message(MsgType.CLIENT_READ_RESPONSE, group.core.term, self.server_id,
+                           leader, result_code=ResultCode.NOT_LEADER)
+        except RaftError as exc:
+            return Message(MsgType.CLIENT_READ_RESPONSE, group.core.term, self.server_id,
+                           NO_LEADER, result_code=exc.code)
+        return Message(MsgType.CLIENT_READ_RESPONSE, group.core.term, self.server_id, msg.src,
+                       accepted=True, context=answer)
 
     def step_nowait(self, request: GroupEnvelope, respond: StepReply) -> bool:
         """The transport's fast path (a FastStepHandler): hand ``request`` to its group's

@@ -156,6 +156,15 @@ class ManagerCollector:
                       "peers)", lambda s: s.messages_dropped)
         yield counter("leader_changes", "Times this node saw a new leader of the group "
                       "(itself included)", lambda s: s.leader_changes)
+        reads = CounterMetricFamily(PREFIX + "reads", "Reads answered here (Manager.read), "
+                                    "per mode", labels=(*LABELS, "mode"))
+        for server, st in rows:
+            for mode, n in (("linearizable", st.reads_linearizable), ("lease", st.reads_lease),
+                            ("stale", st.reads_stale)):
+                reads.add_metric([server, st.group_id, mode], n)
+        yield reads
+        yield counter("reads_failed", "Reads that failed here (no quorum in time, leadership "
+                      "changed, refused)", lambda s: s.reads_failed)
         latency = SummaryMetricFamily(
             PREFIX + "append_latency_seconds",
             "Time to handle an AppendEntries request, persistence included (nuraft_mesg "

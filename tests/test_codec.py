@@ -49,6 +49,7 @@ def requests(draw: st.DrawFn, mtype: MsgType | None = None) -> Message:
         last_log_index=draw(TERMS),
         commit_index=draw(TERMS),
         entries=tuple(draw(st.lists(entries_st, max_size=5))),
+        read_id=draw(st.integers(min_value=0, max_value=U64)),
     )
 
 
@@ -69,6 +70,7 @@ def responses(draw: st.DrawFn, mtype: MsgType | None = None) -> Message:
                 st.sampled_from([-(1 << 63), -1, 0, 1, MAX_TERM]),
             )
         ),
+        read_id=draw(st.integers(min_value=0, max_value=U64)),
     )
 
 

@@ -126,6 +126,7 @@ def test_enums_match_nuraft_mesg() -> None:
                 "last_log_index": (2, F.TYPE_UINT64),
                 "commit_index": (3, F.TYPE_UINT64),
                 "log_entries": (4, F.TYPE_MESSAGE),
+                "read_id": (16, F.TYPE_UINT64),  # extension: heartbeat round / read request
             },
         ),
         (
@@ -138,6 +139,7 @@ def test_enums_match_nuraft_mesg() -> None:
                 "result_code": (5, F.TYPE_ENUM),
                 "batch_size_hint": (6, F.TYPE_UINT64),
                 "results": (7, F.TYPE_BYTES),  # extension: per-entry client_request results
+                "read_id": (16, F.TYPE_UINT64),  # extension: the request's read_id, echoed
             },
         ),
         (

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pty
 import re
 import select
-import signal
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -31,6 +30,10 @@ DEADLINE = 30.0
 PROMPT = r"(?<=\n)>>> "
 """The primary prompt, at the start of a line."""
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
+_TAKE_CTTY_AND_EXEC = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                       "os.execv(sys.argv[1], sys.argv[1:])")
+"""Run in the child (a new session, the pty's slave on 0-2): make the pty its controlling
+terminal, so that the line discipline's Ctrl-C and Ctrl-D reach it, then become the REPL."""
 
 
 class Terminal:
@@ -39,13 +42,18 @@ class Terminal:
     def __init__(self, argv: list[str]) -> None:
         env = dict(os.environ, TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONSTARTUP", None)
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: the pty is its controlling terminal
-            try:
-                os.execve(argv[0], argv, env)
-            finally:
-                os._exit(127)
-        self.pid, self.fd = pid, fd
+        # Not pty.fork(): forking a multi-threaded process (pytest's, with trio's worker
+        # threads) may deadlock the child, and Python 3.12+ warns so.  subprocess forks and
+        # execs in C; the child starts a session and takes the pty as its controlling
+        # terminal (TIOCSCTTY) before exec'ing the REPL.
+        fd, slave = os.openpty()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _TAKE_CTTY_AND_EXEC, *argv], stdin=slave, stdout=slave,
+                stderr=slave, env=env, start_new_session=True, close_fds=True)
+        finally:
+            os.close(slave)
+        self.fd = fd
         # A wide screen, so that readline never scrolls the echo of a long line sideways.
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
         self.screen = ""
@@ -107,14 +115,13 @@ class Terminal:
             if time.monotonic() > deadline:
                 raise AssertionError("the REPL did not exit:\n" + self.screen[self.pos:])
             self._read(deadline - time.monotonic())
-        _, status = os.waitpid(self.pid, 0)
-        self.status = status
-        return os.waitstatus_to_exitcode(status)
+        self.status = self.proc.wait()
+        return self.status
 
     def close(self) -> None:
         if self.status is None:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+            self.proc.kill()
+            self.proc.wait()
         os.close(self.fd)
 
 
@@ -174,6 +181,8 @@ def test_groups_writes_partition_heal_kill_restart(repl: Terminal) -> None:
     term.command("heal()", r"healed: every link restored\n")
     term.command("await wait_applied(g)")
     term.command("kv(g, m1)", r"\n\{'x': '1', 'y': '2'\}\n")
+    term.command("await get(g, 'y', m3)", r"\n'2'\n")  # a follower read
+    term.command("(await get(g, 'z', mode='stale')) is None", r"\nTrue\n")
 
     # Kill and restart a node: m3 follows the node's new Manager.
     term.command("await kill(m3)", r"\nnode3 killed\n")

@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -243,10 +244,13 @@ def cmd_matrix(args: list[str]) -> int:
         current = f"{sys.version_info[0]}.{sys.version_info[1]}"
         venv = VENV if version == current else ROOT / f".venv-{version}"
         rc = ensure_venv(venv, interpreter)
+        took = ""
         if rc == 0:
+            start = time.monotonic()
             rc = run(f"pytest on Python {version}", [venv_python(venv), "-m", "pytest", "-q"],
                      venv)
-        results[version] = "passed" if rc == 0 else f"FAILED (exit {rc})"
+            took = f" in {time.monotonic() - start:.0f} s"
+        results[version] = ("passed" if rc == 0 else f"FAILED (exit {rc})") + took
     step("matrix: " + "; ".join(f"{v} {r}" for v, r in results.items()))
     return 0 if all(r.startswith(("passed", "skipped")) for r in results.values()) else 1
 

@@ -16,8 +16,10 @@ for nodes that serve TLS or verify tokens::
 ``--server`` names the node to talk to: a uuid listed by ``--peer``/``--peers-file``, or a
 ``host:port`` (the node is then asked for its uuid).  The client follows leader redirects,
 so it needs the address of every node that may lead the group (the same directory the nodes
-use).  A peers file holds one ``UUID=HOST:PORT`` per line (``#`` comments allowed), or a JSON
-object ``{"UUID": "HOST:PORT", ...}``.
+use).  A peers file is the server's TOML file (a ``[peers]`` table of ``"UUID" = "HOST:PORT"``,
+:func:`nuraft_mesg.discovery.load_peers_file`), so one file serves nodes and clients; or one
+``UUID=HOST:PORT`` per line (``#`` comments allowed); or a JSON object
+``{"UUID": "HOST:PORT", ...}``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tomllib
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,7 +39,10 @@ import trio
 from nuraft_mesg.cli.security import Security, add_security_arguments, parse_args_with_security
 from nuraft_mesg.cli.status_format import format_status
 from nuraft_mesg.client import ExternalClient
+from nuraft_mesg.discovery import load_peers_file
 from nuraft_mesg.errors import RaftError
+from nuraft_mesg.reads import READ_MODES
+from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.transport.base import Status, TransportError
 
 __all__ = ["client_main", "load_peers", "parse_peer", "status_main"]
@@ -58,6 +64,12 @@ def parse_peer(text: str) -> tuple[str, str]:
 def load_peers(path: Path) -> dict[str, str]:
     """Read a peers file (see the module doc)."""
     text = path.read_text(encoding="utf-8")
+    try:
+        is_toml = "peers" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError:  # the line format ("UUID=HOST:PORT") is not TOML
+        is_toml = False
+    if is_toml:
+        return load_peers_file(path)
     if text.lstrip().startswith("{"):
         obj = json.loads(text)
         if not isinstance(obj, dict):
@@ -87,7 +99,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer", type=parse_peer, action="append", default=[],
                         metavar="UUID=HOST:PORT", help="a node's address (repeat)")
     parser.add_argument("--peers-file", type=Path, metavar="FILE",
-                        help="node addresses, one UUID=HOST:PORT per line (or JSON)")
+                        help="node addresses: the server's TOML peers file, or one "
+                             "UUID=HOST:PORT per line, or JSON")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="deadline of one request in seconds (default 5)")
     add_security_arguments(parser, serving=False)
@@ -136,8 +149,8 @@ def _client_for(args: argparse.Namespace, security: Security,
 def client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nuraft-mesg client",
-        description="An external client (not a group member): add or remove a member, or "
-        "append an entry, through any member; leader redirects are followed and "
+        description="An external client (not a group member): add or remove a member, "
+        "append an entry, or read, through any member; leader redirects are followed and "
         "SERVER_IS_JOINING / CONFIG_CHANGING retried with a bounded back-off.",
         epilog=_SECURITY_EPILOG,
     )
@@ -147,6 +160,13 @@ def client_parser() -> argparse.ArgumentParser:
     op.add_argument("--add", metavar="UUID", help="add this server to the group")
     op.add_argument("--remove", metavar="UUID", help="remove this server from the group")
     op.add_argument("-m", "--message", help="append this message (UTF-8) to the group's log")
+    op.add_argument("--get", metavar="KEY",
+                    help="read KEY from the KV state machine (the query 'get KEY')")
+    op.add_argument("--query", metavar="TEXT",
+                    help="send this read-only query (UTF-8) to the group's state machine")
+    parser.add_argument("--mode", choices=READ_MODES, default="linearizable",
+                        help="consistency of --get / --query (default linearizable; see "
+                        "docs/reads.md)")
     parser.add_argument("--priority", type=int, default=1, help="priority of an added member")
     parser.add_argument("--learner", action="store_true", help="add the member as a learner")
     parser.add_argument("--retry-timeout", type=float, default=10.0,
@@ -164,6 +184,15 @@ async def _client(args: argparse.Namespace, security: Security, out: TextIO) -> 
         elif args.remove is not None:
             await client.rem_server(args.group, args.remove, dest)
             print(f"removed {args.remove} from {args.group}", file=out)
+        elif args.get is not None:
+            answer = await client.read(args.group, KVStateMachine.get_query(args.get), dest,
+                                       mode=args.mode)
+            value = KVStateMachine.decode_get(answer)
+            print(f"{args.get} = {value}" if value is not None else f"{args.get} is not set",
+                  file=out)
+        elif args.query is not None:
+            answer = await client.read(args.group, args.query.encode(), dest, mode=args.mode)
+            print(answer.decode(errors="replace"), file=out)
         else:
             result = await client.append_entry(args.group, args.message.encode(), dest)
             print(f"appended; result: {result.decode(errors='replace')}", file=out)

@@ -52,6 +52,7 @@ import trio
 from nuraft_mesg.cli.demo import status_table
 from nuraft_mesg.manager import Manager
 from nuraft_mesg.raft.params import RaftParams
+from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.testing.faults import NetworkFaults
 from nuraft_mesg.testing.local import LocalCluster, LocalNode
 
@@ -79,6 +80,9 @@ Helpers (g: a group id or a unique prefix of one; m: m1, 1, "node1", a uuid)
   await wait_applied(g, among=None)
                 wait until every live node (or `among`) applied the leader's commit index
   kv(g, m=None) the key-value data of g on node m (default: the leader)
+  await get(g, key, m=None, mode="linearizable")
+                read key through node m (default: the leader): linearizable, lease or
+                stale (docs/reads.md); None when it is not set
   partition(*m) cut every link between the given nodes and the others (cuts add up)
   heal()        restore every link
   await kill(m) stop node m (a crash: its in-memory state is kept for restart)
@@ -423,6 +427,17 @@ class ReplSession:
             data: dict[str, str] = getattr(smgr.get_state_machine(), "data", {})
             return dict(data)
 
+        async def get(g: str, key: str, m: NodeRef | None = None,
+                      mode: str = "linearizable") -> str | None:
+            """Read ``key`` of the group through node ``m`` (default: the leader) with
+            ``Manager.read``: a follower reads at the leader's read index."""
+            gid = resolve_group(g)
+            n = node_of(m) if m is not None else leader_node(gid)
+            if n is None:
+                raise RuntimeError(f"group {gid[:8]} has no leader now: name a node")
+            answer = await n.mgr.read(gid, KVStateMachine.get_query(key), mode=mode)
+            return KVStateMachine.decode_get(answer)
+
         def partition(*ms: NodeRef) -> None:
             """Cut every link between the given nodes and the others (both ways)."""
             if not ms:
@@ -482,6 +497,7 @@ class ReplSession:
             "wait_leader": wait_leader,
             "wait_applied": wait_applied,
             "kv": kv,
+            "get": get,
             "partition": partition,
             "heal": heal,
             "kill": kill,

@@ -8,7 +8,7 @@ number it was not handed.  Its inputs are method calls:
 * :meth:`step` -- a message received from a peer (or an external client);
 * :meth:`election_timeout` / :meth:`heartbeat_timeout` -- the runtime's timers fired;
 * :meth:`propose`, :meth:`add_server`, :meth:`remove_server`, :meth:`update_server`,
-  :meth:`yield_leadership`, :meth:`request_leadership` -- local requests;
+  :meth:`yield_leadership`, :meth:`request_leadership`, :meth:`read_index` -- local requests;
 * :meth:`advance` -- "the Ready you gave me is durable";
 * :meth:`snapshot_taken`, :meth:`send_snapshot_chunk` -- the runtime created a snapshot, or
   read a snapshot object a Ready asked for.
@@ -29,7 +29,14 @@ single-server membership changes effective on append, with a catch-up phase for 
 servers (NuRaft's join), learners and promotion; removal of the leader; leadership transfer
 (yield and request); client-request handling for forwarded and external requests; snapshots
 (log compaction behind them, and install_snapshot of NuRaft's logical snapshot objects to
-followers behind the log start).
+followers behind the log start); linearizable reads (read index with batched heartbeat
+rounds, follower reads forwarded to the leader, and optional leader leases: see
+:mod:`nuraft_mesg.raft.reads` and docs/reads.md).
+
+Time: the core never reads a clock.  The runtime may pass its monotonic time (seconds) to
+:meth:`heartbeat_timeout` and :meth:`read_index`; only lease reads use it, and they assume
+the clocks of the members advance at rates within ``RaftParams.lease_clock_drift_ms`` per
+lower election timeout of each other and never jump.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from nuraft_mesg.errors import (
     ConfigChanging,
     NotLeader,
     RaftError,
+    RaftTimeout,
     ResultCode,
     ServerAlreadyExists,
     ServerIsJoining,
@@ -54,6 +62,7 @@ from nuraft_mesg.errors import (
 )
 from nuraft_mesg.raft.log import RaftLog
 from nuraft_mesg.raft.params import RaftParams
+from nuraft_mesg.raft.reads import FollowerReads, LeaderReads
 from nuraft_mesg.raft.ready import (
     BecomeFollower,
     BecomeLeader,
@@ -61,6 +70,8 @@ from nuraft_mesg.raft.ready import (
     Event,
     JoinedCluster,
     NewConfig,
+    ReadFailure,
+    ReadState,
     Ready,
     RemovedFromCluster,
     TimerCommand,
@@ -233,6 +244,10 @@ class RaftNode:
         self._votes: dict[int, bool] = {}
         self._self_vote_durable = False
         self._leader_contact = False  # heard from a live leader since our timer last fired
+        # Lease reads: until our first election timeout, refuse to help elect anyone -- we
+        # may have acknowledged a leader's round just before a restart, and its lease counts
+        # on our refusal (docs/reads.md).
+        self._boot_lease = params.lease_reads
         self._target_priority = self.config.max_priority
         # Leader state.
         self.progress: dict[int, Progress] = {}
@@ -257,6 +272,13 @@ class RaftNode:
         self._emitted_hs = hs
         self._durable_hs = hs
         self._outstanding: Ready | None = None
+        # Reads (see nuraft_mesg.raft.reads): the leader's rounds, a follower's forwards.
+        self._lreads = LeaderReads()
+        self._freads = FollowerReads()
+        self._read_states: list[ReadState] = []
+        self._read_failures: list[ReadFailure] = []
+        self._now = 0.0  # the latest runtime time passed in (lease reads only)
+        self._ticks = 0  # heartbeat ticks while leading (read timeouts)
         self._reset_election_timer()
 
     # ==========================================================================================
@@ -357,6 +379,9 @@ class RaftNode:
             or self._snapshot_chunks
             or self._snapshot_to_install is not None
             or self._compact_to is not None
+            or self._read_states
+            or self._read_failures
+            or self._reads_to_send()
             or self.log.unstable_from <= self.log.last_index
             or self.log.truncated_from
             or self.hard_state != self._emitted_hs
@@ -368,10 +393,7 @@ class RaftNode:
         ``ready()``; the Ready's contents are handed over exactly once."""
         if self._outstanding is not None:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
-        if self._pending_broadcast:
-            self._pending_broadcast = False
-            if self.role == Role.LEADER:
-                self._broadcast_append(heartbeat=False)
+        self._send_pending()
         rd = Ready()
         rd.truncate_from, rd.first_index, rd.entries = self.log.take_unstable()
         hs = self.hard_state
@@ -396,6 +418,8 @@ class RaftNode:
         rd.snapshot_to_install, self._snapshot_to_install = self._snapshot_to_install, None
         if self._compact_to is not None:
             (rd.compact_to, rd.compact_term), self._compact_to = self._compact_to, None
+        rd.read_states, self._read_states = self._read_states, []
+        rd.read_failures, self._read_failures = self._read_failures, []
         self._outstanding = rd
         return rd
 
@@ -440,6 +464,7 @@ class RaftNode:
     def election_timeout(self) -> None:
         """The election timer fired: this node has not heard from a leader for a while."""
         self._leader_contact = False
+        self._boot_lease = False
         if self.role == Role.LEADER:
             return
         me = self._campaign_entry()
@@ -462,8 +487,12 @@ class RaftNode:
         else:
             self._become_candidate(force=False)
 
-    def heartbeat_timeout(self) -> None:
-        """The heartbeat timer fired (only meaningful on a leader)."""
+    def heartbeat_timeout(self, now: float | None = None) -> None:
+        """The heartbeat timer fired (only meaningful on a leader).  ``now``: the runtime's
+        monotonic time in seconds, if it uses lease reads (each tick's heartbeats are a read
+        round, whose start renews the lease once a quorum answers)."""
+        if now is not None:
+            self._now = max(self._now, now)
         if self.role != Role.LEADER:
             return
         # Check-quorum / leadership expiry.
@@ -492,6 +521,11 @@ class RaftNode:
             if self._join_ticks > self.params.join_timeout_ticks:
                 log.info("node %d: server %d did not catch up in time", self.id, self._joiner.id)
                 self._abort_join()
+        self._ticks += 1
+        for rnd in self._lreads.pop_expired(self._ticks, self.params.read_timeout_ticks):
+            self._fail_leader_reads(rnd.local, rnd.forwarded,
+                                    RaftTimeout("no quorum confirmed the read's heartbeat round"))
+        self._start_read_round(take_reads=self._own_term_committed())
         self._broadcast_append(heartbeat=True)
 
     # ==========================================================================================
@@ -616,6 +650,7 @@ class RaftNode:
             raise Cancelled(f"server {target} cannot take over leadership")
         self._transfer_target = target
         self._transfer_ticks = 0
+        self._lreads.lease_spoiled = True  # the target may win at once: no lease this term
         self._maybe_send_takeover()
         if self._transfer_target is not None:
             self._send_append(target)
@@ -643,6 +678,177 @@ class RaftNode:
                 entries=(_notification(self.term, NotificationType.REQUEST_RESIGNATION),),
             )
         )
+
+    # ==========================================================================================
+    # Reads (Raft thesis §6.4; nuraft_mesg.raft.reads holds the bookkeeping)
+    # ==========================================================================================
+    def read_index(self, ctx: int, *, lease: bool = False, now: float | None = None) -> None:
+        """Queue a linearizable read named ``ctx`` (any int the runtime chooses, unique among
+        its reads in flight).  A later Ready releases ``ReadState(ctx, index)`` -- serve the
+        read once this node applied ``index`` -- or ``ReadFailure(ctx, error)``.
+
+        On the leader, the read waits for an entry of the leader's own term to be committed
+        (its election no-op), then for a heartbeat round that starts after it and that a
+        quorum acknowledges; its index is the commit index at the round's start.  On any
+        other member it is forwarded to the leader, which answers with that index.
+
+        ``lease=True`` (needs ``RaftParams.lease_reads``): a leader whose lease holds at
+        ``now`` (the runtime's monotonic time, seconds) releases the read at once with its
+        commit index; otherwise the read takes the round.  On other members it is forwarded
+        like any read.
+
+        Raises:
+            NotLeader: no leader is known (leader id -1).
+            Cancelled: this node was removed from the group.
+            BadRequest: a lease read while lease reads are off, or without ``now``.
+        """
+        if now is not None:
+            self._now = max(self._now, now)
+        if lease:
+            if not self.params.lease_reads:
+                raise BadRequest("lease reads are off (RaftParams.lease_reads)")
+            if now is None:
+                raise BadRequest("a lease read needs the runtime's time")
+        if self.removed:
+            raise Cancelled("this node was removed from the group")
+        if self.role == Role.LEADER:
+            if lease and self.lease_valid(self._now):
+                self._read_states.append(ReadState(ctx, self.commit))
+                return
+            self._lreads.pending_local.append(ctx)
+            self._confirm_reads()
+            return
+        if self.leader_id == NO_LEADER:
+            raise NotLeader(NO_LEADER, "no leader known to ask for a read index")
+        self._freads.pending.append(ctx)
+
+    def lease_valid(self, now: float) -> bool:
+        """This leader may serve a read without a round at ``now``: lease reads are on, an
+        entry of its term is committed, it never offered its leadership away in this term,
+        and a heartbeat round that started less than ``lease_duration_s`` before ``now`` was
+        acknowledged by a quorum.  (Followers that acknowledged it refuse votes until their
+        election timers, armed at least the lower election timeout after they heard it,
+        fire; the drift bound covers the clocks' rates.)"""
+        lr = self._lreads
+        return (self.params.lease_reads and self.role == Role.LEADER
+                and self._own_term_committed() and not lr.lease_spoiled
+                and self._transfer_target is None and lr.lease_start is not None
+                and now - lr.lease_start < self.params.lease_duration_s)
+
+    def _own_term_committed(self) -> bool:
+        return self.log.term_at(self.commit) == self.term
+
+    def _reads_to_send(self) -> bool:
+        """A Ready would start a read round (leader) or forward reads (follower)."""
+        if self.role == Role.LEADER:
+            lr = self._lreads
+            return (self._pending_broadcast or (lr.has_pending and not lr.read_round_in_flight
+                    and self._own_term_committed()))
+        return bool(self._freads.pending) and self.leader_id not in (NO_LEADER, self.id)
+
+    def _send_pending(self) -> None:
+        """At ready(): start a round for the reads queued since the last one (leader), or
+        forward them in one request (follower); and the appends a proposal left pending.  A
+        round's appends and heartbeats leave together: one message per peer."""
+        if self.role == Role.LEADER:
+            lr = self._lreads
+            mark = len(self._msgs)
+            round_started = (lr.has_pending and not lr.read_round_in_flight
+                             and self._own_term_committed())
+            if round_started:
+                self._start_read_round(take_reads=True)
+            if self._pending_broadcast:
+                self._pending_broadcast = False
+                self._broadcast_append(heartbeat=False)
+            if round_started:
+                sent = {m.dest for m in self._msgs[mark:]
+                        if m.type == MsgType.APPEND_ENTRIES_REQUEST}
+                for peer in sorted(self.config.voters - sent - {self.id}):
+                    pr = self.progress.get(peer)
+                    if pr is not None and pr.state != ReplState.SNAPSHOT:
+                        self._send_heartbeat(peer)
+            return
+        self._pending_broadcast = False
+        fr = self._freads
+        if fr.pending and self.leader_id not in (NO_LEADER, self.id):
+            if fr.next_id == 0:
+                # Ids unique across restarts: a leader may still hold a request of our last
+                # incarnation, whose answer (an older index) must not answer a new one.
+                fr.next_id = self._rng.getrandbits(62)
+            fr.next_id += 1
+            fr.inflight[fr.next_id] = fr.pending
+            fr.pending = []
+            fr.leader = self.leader_id
+            # After persist, like every answer: it carries a term we may not have stored yet.
+            self._msgs_after.append(Message(MsgType.READ_INDEX_REQUEST, self.term, self.id,
+                                            self.leader_id, read_id=fr.next_id))
+
+    def _start_read_round(self, *, take_reads: bool) -> None:
+        """Every append sent from now on carries the new round's id; the reads queued so far
+        (if ``take_reads``) are released when a quorum echoed it."""
+        self._lreads.start_round(self._now, self._ticks, self.commit, take_reads=take_reads)
+        self._confirm_reads()  # a group of one confirms at once
+
+    def _on_read_ack(self, peer: int, read_id: int) -> None:
+        lr = self._lreads
+        if read_id > lr.round_id:
+            log.warning("node %d: peer %d echoed read round %d, we started only %d", self.id,
+                        peer, read_id, lr.round_id)
+            return
+        if read_id > lr.acked.get(peer, 0):
+            lr.acked[peer] = read_id
+            self._confirm_reads()
+
+    def _confirm_reads(self) -> None:
+        lr = self._lreads
+        upto = lr.confirmed_round(self.config.voters, self.config.quorum, self.id)
+        for rnd in lr.pop_confirmed(upto):
+            if lr.lease_start is None or rnd.start > lr.lease_start:
+                lr.lease_start = rnd.start
+            for ctx in rnd.local:
+                self._read_states.append(ReadState(ctx, rnd.index))
+            for peer, rid in rnd.forwarded:
+                self._msgs_after.append(Message(MsgType.READ_INDEX_RESPONSE, self.term, self.id,
+                                                peer, next_index=rnd.index, accepted=True,
+                                                read_id=rid))
+
+    def _fail_leader_reads(self, local: list[int], forwarded: list[tuple[int, int]],
+                           error: RaftError) -> None:
+        self._read_failures.extend(ReadFailure(ctx, error) for ctx in local)
+        for peer, rid in forwarded:
+            self._msgs_after.append(Message(MsgType.READ_INDEX_RESPONSE, self.term, self.id, peer,
+                                            accepted=False, result_code=error.code, read_id=rid))
+
+    def _fail_all_reads(self, error: RaftError) -> None:
+        """Leadership changed (or we left the group): no read queued here can complete."""
+        local, forwarded = self._lreads.all_reads()
+        self._fail_leader_reads(local, forwarded, error)
+        self._read_failures.extend(ReadFailure(ctx, error) for ctx in self._freads.take_all())
+
+    def _handle_read_index(self, m: Message) -> None:
+        """A member forwards a batch of reads: answered once a round confirms (possibly
+        several Readies later), or refused now if we do not lead."""
+        if self.role != Role.LEADER:
+            self._reply(m, accepted=False, code=ResultCode.NOT_LEADER)
+        elif m.src not in self.config:
+            self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
+        elif not self._lreads.has_forwarded(m.src, m.read_id):
+            # (A duplicate of a queued request gets no second answer: the first one's
+            # answers it.  The runtime answers the duplicate RPC itself.)
+            self._lreads.pending_forwarded.append((m.src, m.read_id))
+
+    def _handle_read_index_response(self, m: Message) -> None:
+        fr = self._freads
+        batch = fr.inflight.pop(m.read_id, None)
+        if batch is None or m.src != fr.leader:
+            return  # failed already (the leader changed), or not an answer of ours
+        if m.accepted:
+            self._read_states.extend(ReadState(ctx, m.next_index) for ctx in batch)
+            return
+        leader = self.leader_id if self.leader_id != m.src else NO_LEADER
+        error = RaftError.for_code(m.result_code, f"leader {m.src} refused the read index",
+                                   leader_id=leader)
+        self._read_failures.extend(ReadFailure(ctx, error) for ctx in batch)
 
     # ==========================================================================================
     # Snapshots: inputs from the runtime
@@ -717,6 +923,7 @@ class RaftNode:
                 accepted=accepted,
                 result_code=code,
                 context=context,
+                read_id=req.read_id,
             )
         )
 
@@ -761,6 +968,8 @@ class RaftNode:
             self._reply(m, accepted=True, next_index=self.log.last_index + 1)
         elif t == MsgType.INSTALL_SNAPSHOT_REQUEST:
             self._handle_install_snapshot(m)
+        elif t == MsgType.READ_INDEX_REQUEST:
+            self._handle_read_index(m)
         else:
             # The rest NuRaft uses internally.
             self._reply(m, accepted=False, code=ResultCode.BAD_REQUEST)
@@ -768,6 +977,9 @@ class RaftNode:
     def _step_response(self, m: Message) -> None:
         if m.dest != self.id:
             return
+        if m.type == MsgType.READ_INDEX_RESPONSE:
+            # Valid whatever our term now: the leader answered after our request reached it.
+            self._handle_read_index_response(m)
         if m.type == MsgType.PRE_VOTE_RESPONSE:
             self._handle_pre_vote_response(m)
             return
@@ -811,7 +1023,7 @@ class RaftNode:
             return False
         if any(e.type == LogType.CUSTOM and e.buffer == FORCE_VOTE for e in m.entries):
             return False
-        if self.role == Role.LEADER:
+        if self.role == Role.LEADER or self._boot_lease:
             return True
         return self._leader_contact and self.leader_id != NO_LEADER
 
@@ -935,6 +1147,10 @@ class RaftNode:
 
     def _set_role(self, role: Role, leader: int) -> None:
         changed = role != self.role or leader != self.leader_id
+        if changed:
+            self._fail_all_reads(NotLeader(leader, "leadership changed while reading"))
+            self._lreads = LeaderReads()
+            self._ticks = 0
         self.role = role
         self.leader_id = leader
         if changed and role == Role.FOLLOWER:
@@ -1228,6 +1444,7 @@ class RaftNode:
                 last_log_term=prev_term,
                 last_log_index=prev,
                 commit_index=self.commit,
+                read_id=self._lreads.round_id,
             )
         )
 
@@ -1259,6 +1476,7 @@ class RaftNode:
                     last_log_index=prev,
                     commit_index=self.commit,
                     entries=tuple(entries),
+                    read_id=self._lreads.round_id,
                 )
             )
             sent = True
@@ -1285,6 +1503,9 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
+        if m.read_id and m.result_code == ResultCode.OK:
+            # It answered an append of ours sent in round read_id: it followed us then.
+            self._on_read_ack(m.src, m.read_id)
         if pr.state == ReplState.SNAPSHOT:
             return  # an answer to an append sent before the transfer began
         if not m.accepted or m.next_index - 1 > pr.match:
@@ -1537,6 +1758,7 @@ class RaftNode:
         if self.removed:
             return
         self.removed = True
+        self._fail_all_reads(Cancelled("removed from the group while reading"))
         self._events.append(RemovedFromCluster(self.term))
         self._stop_election_timer()
 

@@ -82,8 +82,19 @@ class RaftParams:
     a few hundred concurrent writes and commits 4096 queued ones in well under
     ``client_request_timeout`` (docs/benchmarks.md).  Not lower by default: a refused writer
     that retries costs the leader CPU too, so a tight bound with eager clients does worse than
-    the queue (workload 7 measures both).  Enforced by the runtime; the node-wide bound is
-    ``ManagerConfig.max_pending_proposals``."""
+    the queue (benchmark workload 8 measures both).  Enforced by the runtime; the node-wide
+    bound is ``ManagerConfig.max_pending_proposals``."""
+
+    lease_reads: bool = False
+    """Let a leader answer ``lease`` reads without a heartbeat round while its lease holds
+    (see :attr:`lease_duration_s` and docs/reads.md).  Requires check-quorum (a leadership
+    expiry >= 0): the lease rests on followers refusing votes while they hear from a live
+    leader.  Off by default: it trades the clock assumption for one round trip."""
+
+    lease_clock_drift_ms: int = 0
+    """How much the leader's clock may run slow against a follower's over one lower
+    election timeout (a bound on clock *rate* drift; clocks must not jump).  The lease is the
+    lower election timeout minus this.  0 means a tenth of the lower election timeout."""
 
     def __post_init__(self) -> None:
         low, high = self.election_timeout_ms
@@ -113,6 +124,13 @@ class RaftParams:
                 "quiesce_after_ms must be 0 (default), negative (never) or at least "
                 "heartbeat_interval_ms"
             )
+        if self.lease_clock_drift_ms < 0 or self.lease_clock_drift_ms >= low:
+            raise ValueError("lease_clock_drift_ms must be in [0, lower election timeout)")
+        if self.lease_reads and self.leadership_expiry_ms < 0:
+            raise ValueError(
+                "lease_reads needs check-quorum (leadership_expiry_ms >= 0): without it, "
+                "followers vote for a new leader while the old one still holds its lease"
+            )
 
     # -- derived values, in heartbeat ticks (the core counts heartbeat-timer expiries) ------
     def _ticks(self, ms: int) -> int:
@@ -134,6 +152,23 @@ class RaftParams:
             return None
         ms = self.quiesce_after_ms or 2 * self.election_timeout_ms[0]
         return ms / 1000
+
+    @property
+    def lease_duration_s(self) -> float:
+        """How long after the *start* of a heartbeat round that a quorum acknowledged a
+        leader may still serve lease reads: the lower election timeout minus the drift bound.
+        Followers that acknowledged the round refuse to vote for anyone else until their
+        election timer (at least the lower timeout after they heard the round) fires."""
+        low = self.election_timeout_ms[0]
+        drift = self.lease_clock_drift_ms or max(1, low // 10)
+        return (low - drift) / 1000
+
+    @property
+    def read_timeout_ticks(self) -> int:
+        """Heartbeat ticks after which a leader gives up on a read whose round no quorum
+        acknowledged (twice the upper election timeout): bounds what a partitioned leader
+        without check-quorum holds."""
+        return self._ticks(2 * self.election_timeout_ms[1])
 
     @property
     def transfer_timeout_ticks(self) -> int:

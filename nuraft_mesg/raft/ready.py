@@ -12,6 +12,8 @@ The runtime's loop is always the same (and the core enforces the order)::
     persist(ready.truncate_from, ready.entries, ready.hard_state)   # durably
     send(ready.messages_after_persist)         # only now: they promise what was persisted
     apply(ready.committed)                     # entries already durable here and committed
+    serve(ready.read_states)                   # each once applied >= its index
+    fail(ready.read_failures)
     node.advance(ready)                        # "persisted up to ready.last_index"
     node.send_snapshot_chunk(...) for each chunk read above
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from nuraft_mesg.errors import RaftError
 from nuraft_mesg.raft.snapshot import SnapshotChunk, SnapshotRead
 from nuraft_mesg.raft.types import ClusterConfig, HardState, LogEntry, Message, SnapshotMeta
 
@@ -34,6 +37,8 @@ __all__ = [
     "Event",
     "JoinedCluster",
     "NewConfig",
+    "ReadFailure",
+    "ReadState",
     "Ready",
     "RemovedFromCluster",
     "SnapshotChunk",
@@ -108,6 +113,25 @@ class CommittedEntry(NamedTuple):
     entry: LogEntry
 
 
+@dataclass(slots=True, frozen=True)
+class ReadState:
+    """The read ``ctx`` (given to ``RaftNode.read_index``) may be served once this node's
+    state machine has applied ``index``: every write that completed before the read began is
+    at or below it.  The core does not know what is applied; the runtime waits for it."""
+
+    ctx: int
+    index: int
+
+
+@dataclass(slots=True, frozen=True)
+class ReadFailure:
+    """The read ``ctx`` cannot complete here (leadership lost, no leader known, removed,
+    no quorum answered in time): fail it with ``error`` rather than let it time out."""
+
+    ctx: int
+    error: RaftError
+
+
 @dataclass(slots=True)
 class Ready:
     """One batch of work for the runtime.  See the module docstring for the order."""
@@ -161,6 +185,12 @@ class Ready:
 
     compact_term: int = 0
 
+    read_states: list[ReadState] = field(default_factory=list)
+    """Reads whose index is known (``RaftNode.read_index``): serve each once applied >= its
+    index (after ``committed`` is applied, or later)."""
+
+    read_failures: list[ReadFailure] = field(default_factory=list)
+
     @property
     def last_index(self) -> int:
         """Index of the last entry to persist (``first_index - 1`` when there is none)."""
@@ -191,4 +221,6 @@ class Ready:
             or self.snapshot_chunks
             or self.snapshot_to_install is not None
             or self.compact_to > 0
+            or self.read_states
+            or self.read_failures
         )

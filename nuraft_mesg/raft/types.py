@@ -62,6 +62,15 @@ class MsgType(enum.IntEnum):
     RECONNECT_RESPONSE = 27
     CUSTOM_NOTIFICATION_REQUEST = 28
     CUSTOM_NOTIFICATION_RESPONSE = 29
+    # Extensions (not NuRaft's; only Python nodes send or understand them: a C++ leader
+    # refuses an unknown type, so a follower read through a C++ leader fails).
+    READ_INDEX_REQUEST = 101
+    """A follower asks its leader for a read index (follower reads, Raft thesis §6.4)."""
+    READ_INDEX_RESPONSE = 102
+    CLIENT_READ_REQUEST = 103
+    """An external client's read (one CUSTOM entry: a mode byte, then the query); served by
+    the receiving node's runtime, never by the core (see :mod:`nuraft_mesg.reads`)."""
+    CLIENT_READ_RESPONSE = 104
 
     @property
     def is_request(self) -> bool:
@@ -90,6 +99,8 @@ _RESPONSE_OF: dict[MsgType, MsgType] = {
     MsgType.PRIORITY_CHANGE_REQUEST: MsgType.PRIORITY_CHANGE_RESPONSE,
     MsgType.RECONNECT_REQUEST: MsgType.RECONNECT_RESPONSE,
     MsgType.CUSTOM_NOTIFICATION_REQUEST: MsgType.CUSTOM_NOTIFICATION_RESPONSE,
+    MsgType.READ_INDEX_REQUEST: MsgType.READ_INDEX_RESPONSE,
+    MsgType.CLIENT_READ_REQUEST: MsgType.CLIENT_READ_RESPONSE,
 }
 
 
@@ -140,6 +151,12 @@ class Message:
     ``batch_size_hint`` and ``results``.  ``msg_type.is_request`` says which half is
     meaningful.  ``results`` (an extension) are an applied client_request's per-entry state
     machine results; NuRaft's ``context`` carries only the last one.
+
+    ``read_id`` (an extension, in both halves; C++ nodes neither send nor echo it): in an
+    append_entries request, the leader's latest heartbeat round for reads, echoed by the
+    answer, so that a quorum of answers confirms the leadership a read index needs; in
+    read_index messages, the follower's request id.  A read_index response carries the read
+    index in ``next_index``.
     """
 
     type: MsgType
@@ -156,6 +173,7 @@ class Message:
     result_code: ResultCode = ResultCode.OK
     batch_size_hint: int = 0
     results: tuple[bytes, ...] = ()
+    read_id: int = 0
 
     @property
     def is_request(self) -> bool:

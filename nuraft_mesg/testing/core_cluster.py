@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from nuraft_mesg.raft.node import Proposal, RaftNode, Role
 from nuraft_mesg.raft.params import RaftParams
-from nuraft_mesg.raft.ready import Event, Ready, SnapshotChunk
+from nuraft_mesg.raft.ready import Event, ReadFailure, ReadState, Ready, SnapshotChunk
 from nuraft_mesg.raft.snapshot import decode_snapshot_reply
 from nuraft_mesg.raft.types import (
     ClusterConfig,
@@ -113,6 +113,9 @@ class SimNode:
     events: list[Event] = field(default_factory=list)
     staged: list[bytes] = field(default_factory=list)  # snapshot objects received (in memory)
     staged_meta: SnapshotMeta | None = None
+    read_states: list[ReadState] = field(default_factory=list)
+    """Reads released by this incarnation's Readies (serve each once applied >= index)."""
+    read_failures: list[ReadFailure] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -149,6 +152,8 @@ class CoreCluster:
         self.bag: list[Message] = []
         self.cut: set[tuple[int, int]] = set()  # (src, dest) pairs that drop everything
         self.proposals: list[Proposal] = []
+        self.now = 0.0
+        """The runtime's clock (seconds) handed to heartbeats and reads; tests move it."""
         self.checker = SafetyChecker(self)
         for i in ids:
             # Non-members start knowing nothing (they are invited later with join_cluster).
@@ -177,6 +182,7 @@ class CoreCluster:
             **snap,
         )
         n.pending = None
+        n.read_states, n.read_failures = [], []
         n.applied = list(d.snapshot_applied) if d.snapshot is not None else []
         n.staged, n.staged_meta = [], None
         self._pump(i)
@@ -211,10 +217,16 @@ class CoreCluster:
             for m in rd.messages:
                 self._send(i, m)
             n.events.extend(rd.events)
+            n.read_states.extend(rd.read_states)
+            n.read_failures.extend(rd.read_failures)
+            self.on_ready(i, rd)
             if not self.auto_persist:
                 break
             self.persist(i)
         self.checker.observe(i)
+
+    def on_ready(self, i: int, rd: Ready) -> None:
+        """Node ``i`` produced ``rd`` (a hook for subclasses, e.g. to follow its timers)."""
 
     def persist(self, i: int) -> bool:
         """Node ``i``'s storage write completes: persist, send the rest, apply, advance."""
@@ -370,7 +382,7 @@ class CoreCluster:
     def heartbeat(self, i: int) -> None:
         n = self.nodes[i]
         if n.core is not None:
-            n.core.heartbeat_timeout()
+            n.core.heartbeat_timeout(self.now)
             self._pump(i)
 
     def propose(self, i: int, data: bytes) -> Proposal:
@@ -379,6 +391,15 @@ class CoreCluster:
         self.proposals.append(prop)
         self._pump(i)
         return prop
+
+    def read(self, i: int, ctx: int, *, lease: bool = False) -> None:
+        """Queue read ``ctx`` on node ``i`` at ``self.now`` (raises like the core)."""
+        self.core(i).read_index(ctx, lease=lease, now=self.now)
+        self._pump(i)
+
+    def applied_index(self, i: int) -> int:
+        n = self.nodes[i]
+        return n.applied[-1][0] if n.applied else 0
 
     def do(self, i: int, fn: Callable[[RaftNode], object]) -> object:
         """Run a local request (add_server, yield_leadership, ...) on node ``i`` and pump."""

@@ -13,7 +13,10 @@ Wire rules (inventory §2.1/§2.2):
 * ``batch_size_hint`` is NuRaft's signed int64 carried in a uint64 (two's complement);
 * ``context`` is sent only when non-empty; ``dest_addr`` exists only on responses;
 * ``results`` (field 7, an extension C++ nodes ignore) carries an applied client_request's
-  per-entry results.
+  per-entry results;
+* ``read_id`` (field 16 of both halves, an extension C++ nodes ignore and never echo) carries
+  the leader's heartbeat round for reads and the read_index request id (docs/reads.md); the
+  read_index message types (101, 102) exist only between Python nodes.
 
 Everything decoded from the network is validated: malformed input raises
 :class:`~nuraft_mesg.errors.BadRequest` and nothing else.  Encoding a message whose fields do
@@ -92,6 +95,8 @@ def _fill(pb: RaftMessage, msg: Message, dest_addr: str) -> None:
             req.last_log_term = msg.last_log_term
             req.last_log_index = msg.last_log_index
             req.commit_index = msg.commit_index
+            if msg.read_id:
+                req.read_id = msg.read_id
             if msg.entries:
                 add = req.log_entries.add
                 for entry in msg.entries:
@@ -120,6 +125,8 @@ def _fill(pb: RaftMessage, msg: Message, dest_addr: str) -> None:
             resp.batch_size_hint = hint & _U64_MASK
             if msg.results:
                 resp.results.extend(msg.results)
+            if msg.read_id:
+                resp.read_id = msg.read_id
     except (ValueError, TypeError) as exc:
         # protobuf's own range/type checks: negative unsigned values, ids outside int32, ...
         raise BadRequest(f"cannot encode {mtype.name}: {exc}") from None
@@ -215,6 +222,7 @@ def message_from_proto(pb: RaftMessage) -> tuple[Message, str]:
             last_log_index=last_log_index,
             commit_index=commit_index,
             entries=tuple(entries),
+            read_id=req.read_id,
         )
         return msg, ""
 
@@ -238,6 +246,7 @@ def message_from_proto(pb: RaftMessage) -> tuple[Message, str]:
         result_code=ResultCode.from_wire(resp.result_code),
         batch_size_hint=hint,
         results=tuple(resp.results),
+        read_id=resp.read_id,
     )
     return msg, resp.dest_addr
 

@@ -50,6 +50,12 @@ def test_peer_parsing(tmp_path: Path) -> None:
     js = tmp_path / "peers.json"
     js.write_text(json.dumps({a: "127.0.0.1:1"}))
     assert load_peers(js) == {a: "127.0.0.1:1"}
+    toml = tmp_path / "peers.toml"  # the server's --peers-file format
+    toml.write_text(f'# the cluster\n[peers]\n"{a}" = "127.0.0.1:1"\n"{b}" = "h2:2"\n')
+    assert load_peers(toml) == {a: "127.0.0.1:1", b: "h2:2"}
+    toml.write_text(f'[peers]\n"{a}" = 7\n')
+    with pytest.raises(ValueError, match="is not a \"host:port\" string"):
+        load_peers(toml)
     with pytest.raises(Exception, match="not a uuid"):
         parse_peer("nope=127.0.0.1:1")
 
@@ -113,6 +119,14 @@ async def test_server_client_status_processes(tmp_path: Path) -> None:
                              "-g", gid, "-m", "set colour blue")
             assert done.returncode == 0, done.stderr.decode()
             assert "appended; result: OK" in done.stdout.decode()
+            # Read it back through the follower (at the leader's read index), and a miss.
+            done = await run(PYTHON, "-m", "nuraft_mesg", "client", "--server", a2, *peers,
+                             "-g", gid, "--get", "colour")
+            assert done.returncode == 0, done.stderr.decode()
+            assert "colour = blue" in done.stdout.decode()
+            done = await run(PYTHON, "-m", "nuraft_mesg", "client", "--server", a1, *peers,
+                             "-g", gid, "--get", "size", "--mode", "stale")
+            assert "size is not set" in done.stdout.decode(), done.stderr.decode()
 
             # The table on the leader: group, leader (this node), term, commit, members, lag.
             done = await run(PYTHON, "-m", "nuraft_mesg", "status", "--server", a1)

@@ -24,17 +24,13 @@ import pytest
 import trio
 
 from nuraft_mesg import DnsApplication
+from nuraft_mesg.cli.remote import load_peers
 from nuraft_mesg.discovery import load_peers_file
 
 from . import PYTHON, ROOT, children, free_ports, run
 
 DEPLOY = ROOT / "examples" / "deploy"
 K8S = DEPLOY / "k8s"
-
-# Options of `nuraft-mesg server` that the examples use before the server has them (the peers
-# file and DNS discovery options, issue L).  Once the server takes them, this test fails:
-# empty the set then.
-PENDING_SERVER_OPTIONS = {"--peers-file", "--peer-dns", "--dns-members"}
 
 
 def _yaml() -> Any:
@@ -164,6 +160,7 @@ def test_compose_nodes_match_the_peers_file() -> None:
     services = compose["services"]
     assert len(services) == 3
     peers = load_peers_file(DEPLOY / "config" / "peers.toml")
+    assert load_peers(DEPLOY / "config" / "peers.toml") == peers  # the client reads it too
     seen: dict[str, str] = {}
     creators = []
     for name, service in services.items():
@@ -196,8 +193,6 @@ async def _help_options(command: str) -> set[str]:
 
 async def test_every_option_the_examples_pass_exists() -> None:
     server, status = await _help_options("server"), await _help_options("status")
-    assert not PENDING_SERVER_OPTIONS & server, "the server has them now: empty the set"
-    server |= PENDING_SERVER_OPTIONS
     m = _k8s()
     compose = _load(DEPLOY / "compose.yaml")[0]
     server_argvs = [_start_script(m["StatefulSet"])]

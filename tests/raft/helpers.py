@@ -172,9 +172,9 @@ def append_req(
 
 
 def append_resp(term: int, src: int, dest: int, *, next_index: int, accepted: bool = True,
-                context: bytes = b"") -> Message:
+                context: bytes = b"", read_id: int = 0) -> Message:
     return Message(MsgType.APPEND_ENTRIES_RESPONSE, term, src, dest, next_index=next_index,
-                   accepted=accepted, context=context)
+                   accepted=accepted, context=context, read_id=read_id)
 
 
 def elect(n: RaftNode) -> Out:

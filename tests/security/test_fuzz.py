@@ -331,10 +331,12 @@ SHAPES = st.one_of(VALID_SHAPES, VALID_SHAPES, VALID_SHAPES, WILD_SHAPES)
 
 def _collect(strategy: st.SearchStrategy[Shape], n: int) -> list[Shape]:
     """``n`` examples drawn by Hypothesis (generation only: they are all sent to one live
-    cluster, in one trio run; a failure is reported with its input)."""
+    cluster, in one trio run; a failure is reported with its input).  Derandomized: the same
+    inputs every run, so how many reach a group (asserted below) does not swing with the
+    seed -- it did, between 18 % and 50 % of them."""
     out: list[Shape] = []
 
-    @settings(max_examples=n, database=None, phases=[Phase.generate],
+    @settings(max_examples=n, database=None, phases=[Phase.generate], derandomize=True,
               suppress_health_check=list(HealthCheck), deadline=None)
     @given(strategy)
     def collect(x: Shape) -> None:

@@ -60,6 +60,10 @@ class SqliteStateMachine(StateMachine):
     def commit_config(self, index: int, config: ClusterConfig) -> None:
         self._delegate.commit_config(index, config)
 
+    def query(self, query: bytes) -> bytes:
+        """Reads are the application's (delegated): snapshots do not change the state."""
+        return self._delegate.query(query)
+
     def last_commit_index(self) -> int:
         return self._delegate.last_commit_index()
 

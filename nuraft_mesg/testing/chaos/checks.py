@@ -10,13 +10,11 @@
   acknowledged before another was invoked comes first in the log (a linearizability check of
   its own, for write-only histories);
 * :func:`check_election_safety`: at most one leader per group and term in the status polls;
-* :func:`check_linearizability`: the checker of :mod:`nuraft_mesg.testing.linearizability`
-  when it is installed (an adapter: it is skipped, and said so, until then).
+* :func:`check_linearizability`: the checker of :mod:`nuraft_mesg.testing.linearizability`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 from nuraft_mesg.raft.types import ClusterConfig, LogType
 from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.storage.sqlite import SqliteStore
+from nuraft_mesg.testing import linearizability
 from nuraft_mesg.testing.chaos.history import Op
 
 __all__ = [
@@ -177,12 +176,7 @@ def check_election_safety(leaders: Mapping[tuple[str, int], set[str]]) -> list[s
 
 
 def check_linearizability(history_file: Path) -> tuple[list[str], str]:
-    """(violations, a one-line verdict) from the linearizability checker, if installed."""
-    try:
-        lin = importlib.import_module("nuraft_mesg.testing.linearizability")
-    except ImportError:
-        return [], "linearizability checker not installed (nuraft_mesg.testing." \
-                   "linearizability): skipped; the real-time log-order check ran instead"
-    history = lin.History.load(history_file)
-    result = lin.check_kv(history, timeout=120.0)
+    """(violations, a one-line verdict) from :mod:`nuraft_mesg.testing.linearizability`."""
+    history = linearizability.History.load(history_file)
+    result = linearizability.check_kv(history, timeout=120.0)
     return [str(r) for r in result.violations], str(result).splitlines()[0]

@@ -2,9 +2,9 @@
 
 :func:`run` starts ``nodes`` processes (``python -m nuraft_mesg server``, the durable SQLite
 store on a small tmpfs per node), each in its own network namespace (:mod:`.net`), hosting
-``groups`` groups (their first leaders spread over the nodes); ``clients`` clients write (and
-read, once :class:`~nuraft_mesg.client.ExternalClient` can) to a few *loaded* groups through
-random nodes while a nemesis injects one fault at a time, chosen from a seeded RNG, and heals
+``groups`` groups (their first leaders spread over the nodes); ``clients`` clients write and
+read (:meth:`~nuraft_mesg.client.ExternalClient.read`) a few *loaded* groups through random
+nodes while a nemesis injects one fault at a time, chosen from a seeded RNG, and heals
 it.  The other groups stay quiet -- faults hit them through the shared per-peer streams, and
 the ``leave`` nemesis stops the group of a quiet group's leader on a node that stays up.
 
@@ -33,13 +33,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
 import nuraft_mesg.testing.chaos.checks as checks
 from nuraft_mesg.client import ExternalClient
 from nuraft_mesg.errors import RaftError
+from nuraft_mesg.storage.memory import KVStateMachine
 from nuraft_mesg.testing.chaos.history import History, Kind, Op, Type
 from nuraft_mesg.testing.chaos.net import NODE_PORT, Net, NetUnavailable, probe
 from nuraft_mesg.testing.chaos.proxy import DelayProxy
@@ -304,15 +304,14 @@ class Rig:
     # -- workload ------------------------------------------------------------------------------
     async def client_loop(self, cid: int, rng: random.Random) -> None:
         async with ExternalClient(self.peers, request_timeout=2.0, retry_timeout=2.0) as client:
-            read = getattr(client, "read", None)
             seq = 0
             while True:
                 gid = rng.choice(self.loaded)
                 key = f"{gid}/k{rng.randrange(self.cfg.keys)}"
                 roll = rng.random()
                 dest = rng.choice(self.nodes).uuid
-                if read is not None and roll < 0.25:
-                    await self.one_read(client, read, cid, gid, key, dest)
+                if roll < 0.25:
+                    await self.one_read(client, cid, gid, key, dest)
                 else:
                     seq += 1
                     kind: Kind = "del" if roll > 0.92 else "put"
@@ -328,16 +327,17 @@ class Rig:
                     self.history.complete(op, outcome, self.now())
                 await trio.sleep(rng.uniform(0.01, 0.08))
 
-    async def one_read(self, client: ExternalClient, read: Any, cid: int, gid: str, key: str,
+    async def one_read(self, client: ExternalClient, cid: int, gid: str, key: str,
                        dest: str) -> None:
         op = self.history.invoke(cid, "get", key, None, self.now())
         outcome: Type = "info"
         value: str | None = None
         with trio.move_on_after(5.0):
             try:
-                raw: bytes = await read(gid, f"get {key.split('/', 1)[1]}".encode(), dest)
+                raw = await client.read(gid, KVStateMachine.get_query(key.split("/", 1)[1]),
+                                        dest)
+                value = KVStateMachine.decode_get(raw)
                 outcome = "ok"
-                value = raw[1:].decode() if raw.startswith(b"=") else None
             except RaftError:
                 pass
         self.history.complete(op, outcome, self.now(), value)

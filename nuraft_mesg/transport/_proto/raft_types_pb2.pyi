@@ -80,19 +80,21 @@ class RCMsgBase(_message.Message):
     def __init__(self, term: _Optional[int] = ..., type: _Optional[int] = ..., src: _Optional[int] = ..., dest: _Optional[int] = ...) -> None: ...
 
 class RCRequest(_message.Message):
-    __slots__ = ("last_log_term", "last_log_index", "commit_index", "log_entries")
+    __slots__ = ("last_log_term", "last_log_index", "commit_index", "log_entries", "read_id")
     LAST_LOG_TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     LOG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    READ_ID_FIELD_NUMBER: _ClassVar[int]
     last_log_term: int
     last_log_index: int
     commit_index: int
     log_entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
-    def __init__(self, last_log_term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., log_entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+    read_id: int
+    def __init__(self, last_log_term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., log_entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., read_id: _Optional[int] = ...) -> None: ...
 
 class RCResponse(_message.Message):
-    __slots__ = ("next_index", "accepted", "context", "dest_addr", "result_code", "batch_size_hint", "results")
+    __slots__ = ("next_index", "accepted", "context", "dest_addr", "result_code", "batch_size_hint", "results", "read_id")
     NEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,7 @@ class RCResponse(_message.Message):
     RESULT_CODE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_HINT_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    READ_ID_FIELD_NUMBER: _ClassVar[int]
     next_index: int
     accepted: bool
     context: bytes
@@ -107,7 +110,8 @@ class RCResponse(_message.Message):
     result_code: ResultCode
     batch_size_hint: int
     results: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, next_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., context: _Optional[bytes] = ..., dest_addr: _Optional[str] = ..., result_code: _Optional[_Union[ResultCode, str]] = ..., batch_size_hint: _Optional[int] = ..., results: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    read_id: int
+    def __init__(self, next_index: _Optional[int] = ..., accepted: _Optional[bool] = ..., context: _Optional[bytes] = ..., dest_addr: _Optional[str] = ..., result_code: _Optional[_Union[ResultCode, str]] = ..., batch_size_hint: _Optional[int] = ..., results: _Optional[_Iterable[bytes]] = ..., read_id: _Optional[int] = ...) -> None: ...
 
 class RaftMessage(_message.Message):
     __slots__ = ("base", "rc_request", "rc_response")
