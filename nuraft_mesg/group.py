@@ -33,8 +33,10 @@ Heartbeat deadlines lie on a grid (multiples of the interval on trio's clock), s
 groups heartbeat in the same loop turn and their heartbeats leave to each peer as one batch.
 docs/raft-core.md has the details.
 
-Around this module: :mod:`nuraft_mesg.group_timers` (deadlines and quiescing, a mixin of
-RaftGroup), :mod:`nuraft_mesg.group_inbox` (the inbox items and apply waiters),
+Around this module, three mixins of RaftGroup: :mod:`nuraft_mesg.group_timers` (deadlines
+and quiescing), :mod:`nuraft_mesg.group_snapshots` (taking, installing and compacting behind
+snapshots) and :mod:`nuraft_mesg.group_queries` (the read-only views any task may call); and
+:mod:`nuraft_mesg.group_inbox` (the inbox items and apply waiters),
 :mod:`nuraft_mesg.oneshot` (the slots callers wait on) and :mod:`nuraft_mesg.group_stats`
 (the rows and counters a group reports).
 """
@@ -56,7 +58,6 @@ from nuraft_mesg.errors import (
     Failed,
     RaftError,
     RaftTimeout,
-    ResultUnknown,
     StorageError,
     TermMismatch,
 )
@@ -69,6 +70,8 @@ from nuraft_mesg.group_inbox import (
     InboxReply,
     InboxRequest,
 )
+from nuraft_mesg.group_queries import GroupQueries
+from nuraft_mesg.group_snapshots import GroupSnapshots
 from nuraft_mesg.group_stats import GroupStatistics, PeerInfo, ReplicaConfig
 from nuraft_mesg.group_timers import GroupTimers
 from nuraft_mesg.oneshot import Callback, Slot
@@ -82,7 +85,6 @@ from nuraft_mesg.raft.ready import (
     NewConfig,
     Ready,
     RemovedFromCluster,
-    SnapshotRead,
 )
 from nuraft_mesg.raft.types import (
     ClusterConfig,
@@ -90,7 +92,6 @@ from nuraft_mesg.raft.types import (
     LogType,
     Message,
     MsgType,
-    SnapshotMeta,
 )
 from nuraft_mesg.reads import GroupReads, PendingRead, check_mode
 from nuraft_mesg.storage.interfaces import StateManager
@@ -113,7 +114,7 @@ _MAX_BATCH = 256
 the same loop turn share one storage write and one round of appends (group commit)."""
 
 
-class RaftGroup(GroupTimers):
+class RaftGroup(GroupTimers, GroupSnapshots, GroupQueries):
     """The runtime of one group on one node.  Built and owned by a Manager."""
 
     def __init__(
@@ -244,72 +245,6 @@ class RaftGroup(GroupTimers):
         self._leader_heard_at = -math.inf
         """When a follower last took an append from its leader (lease reads: see
         GroupTimers._elect_soon)."""
-
-    # ==========================================================================================
-    # Queries (safe from any task: they read state the loop task writes between checkpoints)
-    # ==========================================================================================
-    @property
-    def is_leader(self) -> bool:
-        return self.core.is_leader and not self.stopped
-
-    @property
-    def leader_id(self) -> str:
-        """The leader's uuid, or "" when unknown."""
-        lid = self.core.leader_id
-        if lid == NO_LEADER:
-            return ""
-        return self._endpoints.get(lid, "")
-
-    def endpoint_of(self, server_id: int) -> str:
-        return self._endpoints.get(server_id, "")
-
-    def cluster_config(self) -> list[ReplicaConfig]:
-        return [ReplicaConfig(s.endpoint, s.aux) for s in self.core.config.servers]
-
-    def raft_status(self) -> list[PeerInfo]:
-        """nuraft_mesg's ``get_raft_status``: every peer on the leader, then ourselves."""
-        now = trio.current_time()
-        cfg = self.core.config
-        rows: list[PeerInfo] = []
-        if self.core.is_leader:
-            for peer, pr in sorted(self.core.progress.items()):
-                srv = cfg.get(peer)
-                joiner = self.core.joining_server
-                if srv is None and joiner is not None and joiner.id == peer:
-                    srv = joiner
-                if srv is None:
-                    continue
-                seen = self._last_response.get(peer)
-                age_us = int((now - seen) * 1e6) if seen is not None else 0
-                rows.append(PeerInfo(srv.endpoint, pr.match, max(age_us, 1) if seen else 0,
-                                     srv.priority, srv.learner, pr.joining))
-        me = cfg.get(self.server_id)
-        if me is not None:
-            rows.append(PeerInfo(me.endpoint, self.core.log.last_index, 0, me.priority,
-                                 me.learner, False))
-        return rows
-
-    def statistics(self) -> GroupStatistics:
-        return GroupStatistics(
-            group_id=self.group_id,
-            term=self.core.term,
-            commit_index=self.core.commit,
-            last_log_index=self.core.log.last_index,
-            applied_index=self.applied_index,
-            leader_id=self.leader_id,
-            is_leader=self.is_leader,
-            leader_changes=self._leader_changes,
-            messages_received=self._received,
-            messages_sent=self._sent,
-            messages_dropped=self._dropped,
-            append_latency_us_total=self._append_latency_us,
-            append_requests=self._append_requests,
-            quiet=self.quiet,
-            reads_linearizable=self._reads.counts["linearizable"],
-            reads_lease=self._reads.counts["lease"],
-            reads_stale=self._reads.counts["stale"],
-            reads_failed=self._reads.counts["failed"],
-        )
 
     # ==========================================================================================
     # Calls from other tasks
@@ -671,21 +606,10 @@ class RaftGroup(GroupTimers):
             req.reply.fail(Cancelled("request was not answered"))
 
     async def _persist(self, rd: Ready) -> None:
-        # Snapshot work first: staged objects, then the installed snapshot (the state machine,
-        # then the log store starting after it), then a compaction -- all before the entries
-        # after them are written and before any answer leaves.
-        for chunk in rd.snapshot_chunks:
-            self.state_machine.save_snapshot_chunk(chunk.meta, chunk.obj_id, chunk.data,
-                                                   chunk.is_first, chunk.is_last)
-        if rd.snapshot_to_install is not None:
-            meta = rd.snapshot_to_install
-            self.state_machine.apply_snapshot(meta)
-            self.applied_index = meta.last_index
-            self._settle_snapshotted_waiters(meta)
-            await self._compact_log_store(meta.last_index, meta.last_term)
-            self.log.info("installed snapshot %d/%d", meta.last_index, meta.last_term)
-        if rd.compact_to:
-            await self._compact_log_store(rd.compact_to, rd.compact_term)
+        # Snapshot work first (GroupSnapshots), before the entries after it are written and
+        # before any answer leaves.
+        if rd.snapshot_chunks or rd.snapshot_to_install is not None or rd.compact_to:
+            await self._persist_snapshots(rd)
         writes: list[Callable[[], Awaitable[None]]] = []
         if rd.truncate_from or rd.entries:
             writes.append(functools.partial(self.log_store.write, rd.first_index, rd.entries,
@@ -706,51 +630,6 @@ class RaftGroup(GroupTimers):
                         nursery.start_soon(write)
             except ExceptionGroup as group:
                 raise group.exceptions[0] from group  # the storage error itself, unwrapped
-
-    async def _compact_log_store(self, index: int, term: int) -> None:
-        """Make the log store start after ``(index, term)``: drop a held entry at ``index``
-        of another term (and everything after it), then compact."""
-        store = self.log_store
-        if store.start_index() <= index < store.next_slot() and store.term_at(index) != term:
-            await store.write(index, [], truncate_from=index)
-        await store.compact(index, term)
-
-    def _read_snapshot_chunk(self, r: SnapshotRead) -> tuple[SnapshotRead, bytes, bool]:
-        data, is_last = self.state_machine.read_snapshot_chunk(r.meta, r.obj_id)
-        return r, data, is_last
-
-    def _maybe_create_snapshot(self) -> SnapshotMeta | None:
-        """Every ``snapshot_distance`` applied entries, snapshot the state machine at the
-        applied index (the core then compacts the log behind it)."""
-        distance = self.params.snapshot_distance
-        if distance <= 0 or not self.state_machine.supports_snapshots:
-            return None
-        last = self.core.snapshot
-        if self.applied_index - (last.last_index if last is not None else 0) < distance:
-            return None
-        meta = self.core.snapshot_meta(self.applied_index)
-        self.state_machine.create_snapshot(meta)
-        return meta
-
-    def _settle_snapshotted_waiters(self, meta: SnapshotMeta) -> None:
-        """Entries up to ``meta.last_index`` will not be applied one by one here.  If the
-        snapshot ends in a waiter's term, its entries are in it (the leader of that term
-        created both, and a leader never rewrites its log): committed, with results this node
-        never computed (:class:`ResultUnknown`, never invented empty results).  Otherwise
-        this node cannot tell whether they survived (:class:`Cancelled`)."""
-        for index in sorted(i for i in self._apply_waiters if i <= meta.last_index):
-            w = self._apply_waiters.pop(index, None)
-            if w is None:
-                continue
-            if w.term != meta.last_term:
-                w.slot.fail(Cancelled(f"entries {w.first}..{w.last} arrived in a snapshot; "
-                                      "their outcome is unknown here"))
-            else:
-                w.slot.fail(ResultUnknown(f"entries {w.first}..{w.last} are committed (in "
-                                          f"snapshot {meta.last_index}/{meta.last_term}) but "
-                                          "their results were not computed on this node"))
-            for i in range(index + 1, w.last + 1):
-                self._apply_waiters.pop(i, None)
 
     def _dispatch(self, messages: list[Message]) -> None:
         for m in messages:
