@@ -53,6 +53,7 @@ import random
 import struct
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,43 @@ class Node:
                     commits += 1
                     hist.add(t1 - t0)
 
+        async def pipelined(gid: str) -> None:
+            # one task keeps ``proposers`` writes in flight (Manager.pipeline): the pattern
+            # of PySyncObj's benchmark (a callback window), without a task per write
+            nonlocal commits
+            pad = b"x" * (size - 16)
+            seq = 0
+            backoff = BUSY_BACKOFF[0]
+
+            def finished(t0: float) -> Callable[[list[bytes] | RaftError], None]:
+                def on_done(result: list[bytes] | RaftError) -> None:
+                    nonlocal commits
+                    if isinstance(result, RaftError):
+                        errors[type(result).__name__] += 1
+                        return
+                    t1 = trio.current_time()
+                    if measure_from <= t1 < measure_to:
+                        commits += 1
+                        hist.add(t1 - t0)
+                return on_done
+
+            async with mgr.pipeline(gid, window=proposers) as pipe:
+                while (t0 := trio.current_time()) < measure_to:
+                    seq += 1
+                    entry = struct.pack(">IIQ", seq % KEYS, 0, seq) + pad
+                    try:
+                        await pipe.append([entry], finished(t0))
+                    except Busy:
+                        errors["Busy"] += 1
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, BUSY_BACKOFF[1])
+                        continue
+                    except RaftError as exc:
+                        errors[type(exc).__name__] += 1
+                        await trio.sleep(0.05)
+                        continue
+                    backoff = BUSY_BACKOFF[0]
+
         async def sample_stats() -> None:
             await trio.sleep_until(measure_from)
             sent["start"] = rpcs_sent()
@@ -292,6 +330,9 @@ class Node:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample_stats)
             for gid in led:
+                if cmd.get("pipelined"):
+                    nursery.start_soon(pipelined, gid)
+                    continue
                 for i in range(proposers):
                     nursery.start_soon(proposer, gid, i)
         return {"led": len(led), "commits": commits, "seconds": measure_to - measure_from,

@@ -281,11 +281,11 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 def run_load(cluster: Cluster, nodes: list[BenchNode], gids: list[str], proposers: int,
              s: Settings, seconds: float | None = None, *, read: str | None = None,
-             role: str = "leader") -> dict[str, Any]:
+             role: str = "leader", pipelined: bool = False) -> dict[str, Any]:
     seconds = seconds or s.load_seconds
     cmd: dict[str, Any] = {"op": "load", "groups": gids, "proposers": proposers,
                            "warmup_s": s.warmup, "seconds": seconds, "size": ENTRY_SIZE,
-                           "read": read, "role": role}
+                           "read": read, "role": role, "pipelined": pipelined}
     for n in nodes:
         n.send(cmd)
     time.sleep(s.warmup)
@@ -319,7 +319,9 @@ def workload1_6(s: Settings, log_dir: Path, *, do1: bool, do6: bool, profile: bo
     while PySyncObj runs.  Then the comparison: ``s.rounds`` alternations A B A B ... at each
     library's best N (the sweep's only N when it has one, and then no separate sweep), so
     that the machine's noise hits both; best and median of each, and their ratios."""
-    w1: dict[str, Any] = {"sweep": [], "rounds": []}
+    w1: dict[str, Any] = {"sweep": [], "rounds": [], "rounds_pipelined": []}
+    """``rounds``: one task per write (append_entries); ``rounds_pipelined``: one task with
+    a window of as many writes (Manager.pipeline), PySyncObj's pattern."""
     w6: dict[str, Any] = {"sweep": [], "rounds": []}
     with contextlib.ExitStack() as stack:
         cluster = gid = None
@@ -339,6 +341,8 @@ def workload1_6(s: Settings, log_dir: Path, *, do1: bool, do6: bool, profile: bo
             log(f"  round {r + 1}/{s.rounds}")
             if cluster is not None and gid is not None:
                 w1["rounds"].append(_w1_point(cluster, gid, n1, s))
+                w1["rounds_pipelined"].append(_w1_point(
+                    cluster, gid, n1, s, "w1 nuraft_mesg pipelined", pipelined=True))
             if do6:
                 w6["rounds"].append(_w6_point(n6, s, log_dir))
     for w in (w1, w6):
@@ -352,6 +356,8 @@ def workload1_6(s: Settings, log_dir: Path, *, do1: bool, do6: bool, profile: bo
             raise RuntimeError("workload 1: no sweep point ran")
         w1["best"] = max(w1["sweep"] + w1["rounds"], key=lambda r: r["commits_per_s"])
         w1["compare"] = _rounds_summary(w1["rounds"])
+        w1["rounds_pipelined"] = [r for r in w1["rounds_pipelined"] if "commits_per_s" in r]
+        w1["compare_pipelined"] = _rounds_summary(w1["rounds_pipelined"])
         if profile and s.profile_seconds > 0:
             # a fresh cluster: a deep sweep point may have cost the group its leader
             with Cluster("w1-profile", log_dir, s) as pc:
@@ -401,12 +407,12 @@ def _leader_first(values: list[Any], leader: int) -> list[Any]:
 
 
 def _w1_point(cluster: Cluster, gid: str, p: int, s: Settings,
-              tag: str = "w1 nuraft_mesg") -> dict[str, Any]:
+              tag: str = "w1 nuraft_mesg", *, pipelined: bool = False) -> dict[str, Any]:
     leader = cluster.wait_leader(gid, 15)
     if leader is None:
         log(f"  {tag} proposers={p}: no leader within 15 s")
         return {"proposers": p, "error": "no leader within 15 s"}
-    res = run_load(cluster, [leader], [gid], p, s)
+    res = run_load(cluster, [leader], [gid], p, s, pipelined=pipelined)
     res["proposers"] = p
     res["leader_index"] = cluster.nodes.index(leader)
     res["cpu_us_per_commit"] = cpu_us_per_commit(res, res["commits_per_s"],
@@ -928,8 +934,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         row("1 one group", "CPU % per node (leader first) / entries per append",
             f"{'/'.join(fmt(c) for c in b['cpu_pct_leader_first'])} / "
             f"{fmt(b['entries_per_append'], 1)}")
-    for key, lib in (("w1", "nuraft_mesg"), ("w6", "PySyncObj")):
-        cmp = (results.get(key) or {}).get("compare") or {}
+    for key, lib, which in (("w1", "nuraft_mesg", "compare"),
+                            ("w1", "nuraft_mesg pipelined", "compare_pipelined"),
+                            ("w6", "PySyncObj", "compare")):
+        cmp = (results.get(key) or {}).get(which) or {}
         if not cmp:
             continue
         wl = f"1/6 compare ({cmp['rounds']} rounds A B)"
@@ -938,7 +946,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         row(wl, f"{lib} CPU us per committed entry, leader/f/f, per round",
             "; ".join("/".join(fmt(x, 1) for x in c) for c in cmp["cpu_us_per_commit"]))
         med = cmp["median_cpu_us_per_commit"]
-        if key == "w1":
+        if which == "compare" and key == "w1":
             ok = (med[0] is not None and med[0] <= 15
                   and all(m is not None and m <= 8 for m in med[1:]))
             row(wl, f"{lib} median CPU us/entry leader / followers",
@@ -957,6 +965,16 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{rm:.2f}", ">= 2.00", rm >= 2.0)
         row("1/6 ratio", "nuraft_mesg / PySyncObj commits/s, best vs best",
             f"{rb:.2f}", ">= 2.00", rb >= 2.0)
+    cp = (w1 or {}).get("compare_pipelined") or {}
+    if cp and c6:
+        pm = cp["median"] / c6["median"] if c6["median"] else float("inf")
+        pb = cp["best"] / c6["best"] if c6["best"] else float("inf")
+        results["ratio_pipelined_median"] = round(pm, 3)
+        results["ratio_pipelined_best"] = round(pb, 3)
+        row("1/6 ratio", "nuraft_mesg pipelined (one task, window N) / PySyncObj (its "
+            "callback window N), median vs median", f"{pm:.2f}", ">= 2.00", pm >= 2.0)
+        row("1/6 ratio", "nuraft_mesg pipelined / PySyncObj, best vs best",
+            f"{pb:.2f}", ">= 2.00", pb >= 2.0)
     if w2:
         base = w1["best"]["commits_per_s"] if w1 else None
         per = "/".join(str(p["proposers_per_group"]) for p in w2.get("sweep", [w2]))

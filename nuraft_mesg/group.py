@@ -49,7 +49,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import trio
 
@@ -339,8 +339,32 @@ class RaftGroup(GroupTimers, GroupSnapshots, GroupQueries):
             raise Cancelled(f"group {self.group_id} is stopped") from None
         return item
 
+    def propose_nowait(self, data: list[bytes],
+                       on_done: Callable[[list[bytes] | RaftError], None]) -> InboxProposal:
+        """:meth:`propose` for a pipelined writer: ``on_done`` is called once, from this
+        group's task, with the results or the error -- no slot, no task waiting.
+
+        Raises:
+            trio.WouldBlock: the inbox is full (nothing was queued).
+            Cancelled, Failed: the group is stopped.
+        """
+        self._check_running()
+        item = InboxProposal(data, Callback(on_done))
+        try:
+            self._inbox_send.send_nowait(item)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Cancelled(f"group {self.group_id} is stopped") from None
+        return item
+
+    @overload
+    def watch_apply(self, prop: Proposal, *, slot: None = None) -> Slot[list[bytes]]: ...
+    @overload
     def watch_apply(self, prop: Proposal, *,
-                    slot: Slot[list[bytes]] | None = None) -> Slot[list[bytes]]:
+                    slot: Slot[list[bytes]] | Callback[list[bytes]]
+                    ) -> Slot[list[bytes]] | Callback[list[bytes]]: ...
+    def watch_apply(self, prop: Proposal, *,
+                    slot: Slot[list[bytes]] | Callback[list[bytes]] | None = None
+                    ) -> Slot[list[bytes]] | Callback[list[bytes]]:
         """A slot that completes when ``prop``'s entries are applied here (with their
         results), or fails with TermMismatch if another leader's entries replaced them.
 

@@ -55,7 +55,8 @@ class InboxProposal:
     fails (NotLeader, TermMismatch, ...); ``prop`` says where they landed once appended."""
 
     data: list[bytes]
-    applied: Slot[list[bytes]] = field(default_factory=Slot)
+    applied: Slot[list[bytes]] | Callback[list[bytes]] = field(default_factory=Slot)
+    """A Slot for an awaiting writer, a Callback for a pipelined one (Manager.submit)."""
     prop: Proposal | None = None
     deadline: float = math.inf
     """When ``applied`` fails with RaftTimeout if still pending (the group's clock: one timer
@@ -81,5 +82,5 @@ class ApplyWaiter:
     first: int
     last: int
     results: list[bytes] = field(default_factory=list)
-    slot: Slot[list[bytes]] = field(default_factory=Slot)
+    slot: Slot[list[bytes]] | Callback[list[bytes]] = field(default_factory=Slot)
 

@@ -44,6 +44,7 @@ from nuraft_mesg.admission import Admission
 from nuraft_mesg.data_service import DataService, DataServiceHandler
 from nuraft_mesg.errors import (
     BadRequest,
+    Busy,
     Cancelled,
     NotLeader,
     RaftError,
@@ -58,6 +59,8 @@ from nuraft_mesg.liveness import Liveness
 from nuraft_mesg.manager_config import ManagerConfig as ManagerConfig
 from nuraft_mesg.manager_config import MessagingApplication as MessagingApplication
 from nuraft_mesg.manager_config import to_server_id as to_server_id
+from nuraft_mesg.oneshot import Slot
+from nuraft_mesg.pipeline import OnDone, WritePipeline
 from nuraft_mesg.raft.node import NO_LEADER, RaftNode
 from nuraft_mesg.raft.params import RaftParams
 from nuraft_mesg.raft.types import (
@@ -578,8 +581,10 @@ class Manager(StepRouting):
 
     async def _append_admitted(self, group: RaftGroup, data: list[bytes]) -> list[bytes]:
         proposal = await group.propose(data)
+        applied = proposal.applied
+        assert isinstance(applied, Slot)  # propose() awaits; only submit() uses a Callback
         try:
-            return await proposal.applied.wait()  # RaftTimeout after client_request_timeout
+            return await applied.wait()  # RaftTimeout after client_request_timeout
         except NotLeader as exc:
             if not group.params.auto_forwarding or exc.leader_id == NO_LEADER:
                 raise
@@ -588,6 +593,47 @@ class Manager(StepRouting):
             return await forward_to_leader(self.transport, self.server_id, group, leader,
                                            data, request_timeout=self.config.client_request_timeout)
         raise RaftTimeout("forwarded entries not applied in time")
+
+    def submit(self, group_id: str, entries: Sequence[bytes], on_done: OnDone) -> None:
+        """Start a write without waiting for it: ``on_done`` is called exactly once, from the
+        group's task, with the entries' results or a RaftError (NotLeader on a follower --
+        this path never forwards --, RaftTimeout after ``client_request_timeout``,
+        TermMismatch, Cancelled/Failed when the group stops).  ``on_done`` must not block;
+        an exception from it is logged and never stops the group.
+
+        Raises (synchronously; then nothing was appended and ``on_done`` is never called):
+            ServerNotFound; Busy (the admission bound is reached, or the group's inbox is
+            full); Cancelled/Failed (the group is stopped).
+        """
+        group = self._get(group_id)
+        admission = self.admission
+        admission.enter(group_id, group.params.max_pending_proposals)
+        log = group.log
+
+        def done(result: list[bytes] | RaftError) -> None:
+            admission.leave(group_id)
+            try:
+                on_done(result)
+            except Exception:
+                log.exception("on_done of a submitted write raised")
+
+        try:
+            group.propose_nowait([bytes(e) for e in entries], done)
+        except trio.WouldBlock:
+            admission.leave(group_id)
+            raise Busy(f"group {group_id}'s inbox is full") from None
+        except BaseException:
+            admission.leave(group_id)
+            raise
+
+    @asynccontextmanager
+    async def pipeline(self, group_id: str, window: int = 1024) -> AsyncIterator[WritePipeline]:
+        """A :class:`~nuraft_mesg.pipeline.WritePipeline`: one task keeps up to ``window``
+        writes to ``group_id`` in flight (see :meth:`submit`); leaving the block drains it."""
+        self._get(group_id)
+        pipe = WritePipeline(self, group_id, window)
+        yield pipe
+        await pipe.drain()
 
     # ==========================================================================================
     # Reads (nuraft_mesg/reads.py, docs/reads.md)
