@@ -946,7 +946,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         row(wl, f"{lib} CPU us per committed entry, leader/f/f, per round",
             "; ".join("/".join(fmt(x, 1) for x in c) for c in cmp["cpu_us_per_commit"]))
         med = cmp["median_cpu_us_per_commit"]
-        if which == "compare" and key == "w1":
+        if key == "w1":
             ok = (med[0] is not None and med[0] <= 15
                   and all(m is not None and m <= 8 for m in med[1:]))
             row(wl, f"{lib} median CPU us/entry leader / followers",
